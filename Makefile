@@ -1,0 +1,34 @@
+# Two commands do everything: `make demo` and `make test`. Each creates the virtualenv on first use.
+# TORCH_SPEC picks the PyTorch build: the default is the CPU build 2.13.0; e.g. `make test TORCH_SPEC=torch`
+# installs the newest release (with its CUDA packages).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: demo test test-slow lint bench clean
+
+demo: $(VENV)/.installed
+	$(BIN)/python examples/van_der_pol_batch.py --out van_der_pol.png
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2
+
+test-slow: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -n 2 -m slow
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks examples && $(BIN)/ruff format --check src tests benchmarks examples
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/run.py
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev,plot,bench]"
+	touch $@
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info

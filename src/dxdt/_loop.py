@@ -1,0 +1,163 @@
+"""The one adaptive time-stepping loop: every sample has its own t, dt, accept/reject, status and counters.
+
+Each iteration attempts one step for every sample still running (idle samples take a step of size 0 and
+are masked out), so a sample's trajectory does not depend on the rest of the batch. The only host
+synchronisation per iteration is the test whether any sample is still running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._solution import RUNNING, Status
+from ._term import Term
+from .controllers import AbstractController, initial_step_size
+from .interpolation.dense_solution import StepRecords
+from .solvers.base import AbstractSolver
+
+# Consecutive non-finite attempts (each shrinking dt by the controller's factor_min) before a sample is
+# declared NONFINITE: 0.2**8 ≈ 3e-6, enough to step past a too-large initial step, not to loop forever.
+MAX_NONFINITE_RETRIES = 8
+# A step within this relative distance of the next stop (save time or t1) is stretched to land on it, so
+# that rounding in t + dt never leaves a sliver of a step behind.
+SNAP = 1e-10
+
+
+@dataclass
+class LoopResult:
+    t: torch.Tensor  # (B,) float64 time reached
+    y: torch.Tensor  # (B, *S) state there
+    f: torch.Tensor  # (B, *S) f(t, y)
+    status: torch.Tensor  # (B,) int64 Status
+    n_steps: torch.Tensor
+    n_accepted: torch.Tensor
+    n_rejected: torch.Tensor
+    n_f_evals: torch.Tensor
+    n_iterations: int
+    records: StepRecords | None
+
+
+def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Broadcast a ``(B,)`` float64 tensor against a ``(B, *S)`` state, in its dtype."""
+    return x.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def integrate(
+    solver: AbstractSolver,
+    controller: AbstractController,
+    term: Term,
+    y0: torch.Tensor,
+    t0: torch.Tensor,
+    t1: torch.Tensor,
+    *,
+    rtol: torch.Tensor,
+    atol: torch.Tensor,
+    dt0: torch.Tensor | None,
+    dt_min: float,
+    dt_max: float,
+    max_steps: int,
+    stops: torch.Tensor | None,
+    record: bool,
+) -> LoopResult:
+    """Integrate every sample of ``y0`` from ``t0`` to ``t1`` (float64 ``(B,)`` each).
+
+    Args:
+        stops: float64 ``(B, T)`` times that steps must land on exactly (save times of methods whose
+            dense output is less accurate than the method), or ``None``.
+        record: keep every step (for dense output, interpolated save times, or saving every step).
+    """
+    batch = y0.shape[0]
+    device = y0.device
+    direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
+    # The next stop of each sample: its next save time still ahead, else t1.
+    if stops is None:
+        stops = t1[:, None]
+    else:
+        stops = torch.cat([stops.detach(), t1[:, None]], dim=1)
+    stop_tau = (stops - t0[:, None]) * direction[:, None]
+
+    f0 = term(t0, y0)
+    term.check(f0, y0)
+    n_init = 1
+    if dt0 is None:
+        dt = initial_step_size(term, t0, y0, f0, direction, solver.error_order, rtol, atol)
+        n_init += 1
+    else:
+        dt = dt0.expand(batch).clone()
+    dt = dt.clamp(max=dt_max)
+
+    t, y, f = t0.clone(), y0, f0
+    status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
+    err_prev = torch.ones(batch, dtype=torch.float64, device=device)
+    zeros = torch.zeros(batch, dtype=torch.int64, device=device)
+    n_steps, n_accepted, nonfinite_streak = zeros, zeros, zeros
+    retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
+    rows: list[tuple] = []
+    iteration = 0
+
+    for iteration in range(max_steps + 1):  # bounded: each iteration is a step of every running sample
+        running = status == RUNNING
+        if not bool(running.any()):  # the one host synchronisation per iteration
+            break
+        tau = (t - t0) * direction
+        # Distance to the next stop (the first stop strictly ahead).
+        next_idx = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
+        stop = stops.gather(1, next_idx).squeeze(1)
+        to_stop = stop_tau.gather(1, next_idx).squeeze(1) - tau
+        lands = dt * (1 + SNAP) >= to_stop
+        dt_try = torch.where(running, torch.where(lands, to_stop, dt), 0.0)
+        t_new = torch.where(lands, stop, t + direction * dt_try)
+
+        step = solver.step(term, t, direction * dt_try, y, f)
+
+        with torch.no_grad():
+            if solver.adaptive:
+                err = solver.error_ratio(step, y.detach(), rtol, atol).to(torch.float64)
+                finite = torch.isfinite(err)
+            else:
+                err = torch.zeros_like(dt)
+                finite = torch.isfinite(step.y1.detach().flatten(1).sum(1))
+            accept = running & finite & (err <= 1.0)
+            dt_next, err_prev_next = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
+            # A step cut short to land on a stop says nothing about the step size the controller wanted.
+            dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next).clamp(max=dt_max)
+
+        accept_y = accept.reshape((-1,) + (1,) * (y.ndim - 1))
+        if record:
+            t_end = torch.where(accept, t_new, t)
+            ks = torch.stack(step.ks, dim=-1)
+            rows.append((t, t_end, torch.where(accept, direction * dt_try, 0.0), accept, y, step.y1, ks))
+        t = torch.where(accept, t_new, t)
+        y = torch.where(accept_y, step.y1, y)
+        f = torch.where(accept_y, step.f1, f)
+        dt = torch.where(running, dt_next, dt)
+        err_prev = err_prev_next
+        n_steps = n_steps + running
+        n_accepted = n_accepted + accept
+        nonfinite_streak = torch.where(finite, 0, nonfinite_streak + running)
+
+        finished = accept & (t_new == t1)
+        underflow = running & ~accept & ((dt_next < dt_min) | (t + direction * dt_next == t))
+        status = torch.where(finished, Status.SUCCESS, status)
+        status = torch.where(~finished & (nonfinite_streak >= retry_limit), Status.NONFINITE, status)
+        status = torch.where((status == RUNNING) & underflow, Status.DT_UNDERFLOW, status)
+        status = torch.where((status == RUNNING) & (n_steps >= max_steps), Status.MAX_STEPS, status)
+    else:
+        iteration = max_steps + 1
+
+    n_rejected = n_steps - n_accepted
+    n_f_evals = n_init + solver.evals_per_step * n_steps
+    return LoopResult(
+        t=t,
+        y=y,
+        f=f,
+        status=status,
+        n_steps=n_steps,
+        n_accepted=n_accepted,
+        n_rejected=n_rejected,
+        n_f_evals=n_f_evals,
+        n_iterations=iteration,
+        records=StepRecords.stack(rows) if rows else None,
+    )

@@ -1,0 +1,287 @@
+"""``dxdt.solve``: validate the input, normalise shapes, run the loop, assemble the solution, fail loudly."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+
+from ._loop import integrate
+from ._saveat import SaveAt, as_saveat, check_save_times
+from ._solution import Solution, SolveError, Stats, Status
+from ._term import Term
+from .controllers import AbstractController, ConstantStepController, IController, PIController
+from .interpolation.dense_solution import DenseSolution
+from .solvers import AbstractSolver, get_solver
+
+DEFAULT_MAX_STEPS = 10_000
+
+
+def solve(
+    f: Callable[..., torch.Tensor],
+    y0: torch.Tensor,
+    t0: float | torch.Tensor,
+    t1: float | torch.Tensor,
+    *,
+    args: Any = None,
+    solver: str | AbstractSolver = "tsit5",
+    saveat: SaveAt | torch.Tensor | Sequence[float] | None = None,
+    rtol: float | torch.Tensor = 1e-6,
+    atol: float | torch.Tensor = 1e-9,
+    dt0: float | torch.Tensor | None = None,
+    dt_min: float = 0.0,
+    dt_max: float = math.inf,
+    max_steps: int = DEFAULT_MAX_STEPS,
+    controller: Literal["pi", "i"] | AbstractController = "pi",
+    batch_mode: Literal["per_sample", "joint"] = "per_sample",
+    throw: bool = True,
+) -> Solution:
+    """Solve the ODE ``dy/dt = f(t, y[, args])`` from ``t0`` to ``t1`` for a batch of initial states.
+
+    Args:
+        f: the vector field, ``f(t, y)`` or ``f(t, y, args)``; returns a tensor shaped like ``y``. In
+            per-sample mode ``y`` is ``(B, *S)`` and ``t`` is ``(B, 1, ..., 1)`` (broadcastable against
+            ``y``, one time per sample); in joint mode ``t`` is a 0-d tensor. ``t`` has ``y``'s dtype.
+        y0: ``(B, *S)`` initial states: ``B`` independent problems with state shape ``S`` (at least one
+            state dimension: a scalar ODE is ``(B, 1)``).
+        t0, t1: start and end times: Python floats, 0-d tensors, or ``(B,)`` tensors (one interval per
+            sample; per-sample mode only). ``t1 < t0`` integrates backwards. Times are kept in float64.
+        args: passed to ``f`` as its third argument.
+        solver: a method name (``"tsit5"``, ``"dopri5"``, ``"dopri8"``, ``"bosh3"``, ``"heun"``, and the
+            fixed-step ``"euler"``, ``"midpoint"``, ``"ralston"``, ``"rk4"``) or a solver instance.
+        saveat: :class:`SaveAt`, or a tensor of save times (``(T,)`` shared or ``(B, T)`` per sample).
+            Default: ``t1`` only.
+        rtol, atol: relative and absolute tolerances: floats, or tensors broadcastable to ``y0``'s shape
+            (per component). ``atol`` must be positive.
+        dt0: initial step size (its magnitude); default: Hairer's automatic choice. Required, as the
+            constant step, for fixed-step methods.
+        dt_min: a sample whose step size would fall below this fails with ``DT_UNDERFLOW``.
+        dt_max: the largest step size.
+        max_steps: the most steps (accepted + rejected) any sample may take; a sample that needs more
+            ends with ``MAX_STEPS``. Also bounds the loop: nothing runs forever.
+        controller: ``"pi"`` (default), ``"i"``, or a controller instance. Ignored by fixed-step methods.
+        batch_mode: ``"per_sample"`` (each sample its own steps) or ``"joint"`` (the batch as one system
+            with one step size and one error norm: torchdiffeq's semantics).
+        throw: raise :class:`SolveError` if any sample fails (default); with ``False`` the solution is
+            returned with per-sample ``status``.
+
+    Returns:
+        :class:`Solution` with ``ts`` and ``ys`` of shape ``(B, T, *S)``.
+
+    Raises:
+        TypeError, ValueError: bad input, before any work is done.
+        SolveError: some samples did not reach ``t1`` (with ``throw=True``); the partial solution is
+            attached.
+    """
+    if not callable(f):
+        raise TypeError(f"f must be callable as f(t, y) or f(t, y, args); got {type(f).__name__}")
+    y0 = _check_y0(y0)
+    if batch_mode not in ("per_sample", "joint"):
+        raise ValueError(f"batch_mode must be 'per_sample' or 'joint'; got {batch_mode!r}")
+    joint = batch_mode == "joint"
+    solver = get_solver(solver)
+    batch = y0.shape[0]
+    t0, t1 = _check_times(t0, t1, batch, joint, y0.device)
+    rtol_t = _check_tolerance("rtol", rtol, y0, positive=False)
+    atol_t = _check_tolerance("atol", atol, y0, positive=True)
+    _check_int("max_steps", max_steps)
+    for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
+        if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
+            raise ValueError(f"{name} must be a non-negative number; got {value!r}")
+    if not dt_min < dt_max:
+        raise ValueError(f"dt_min must be smaller than dt_max; got dt_min={dt_min}, dt_max={dt_max}")
+    dt0_t = _check_dt0(dt0, solver, y0.device)
+    controller = _get_controller(controller, solver)
+    save = as_saveat(saveat)
+    direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
+    ts = None
+    if save.ts is not None:
+        ts = torch.as_tensor(save.ts, device=y0.device)
+        if joint and ts.ndim != 1:
+            raise ValueError(f"in joint mode save times are shared: ts must have shape (T,), got {tuple(ts.shape)}")
+        ts = check_save_times(
+            ts, t0[:1] if joint else t0, t1[:1] if joint else t1, direction[:1] if joint else direction
+        )
+
+    # Joint mode: the batch is one system, i.e. a batch of one whose state is the whole (B, *S) tensor.
+    if joint:
+        y_loop, rtol_t, atol_t = y0.unsqueeze(0), rtol_t.unsqueeze(0), atol_t.unsqueeze(0)
+        t0, t1, direction = t0[:1], t1[:1], direction[:1]
+        time_shape: tuple[int, ...] = ()
+    else:
+        y_loop = y0
+        time_shape = (batch,) + (1,) * (y0.ndim - 1)
+    term = Term(f, args, time_shape, joint=joint)
+
+    clip = ts is not None and solver.dense_order < solver.order
+    result = integrate(
+        solver,
+        controller,
+        term,
+        y_loop,
+        t0.detach(),
+        t1.detach(),
+        rtol=rtol_t,
+        atol=atol_t,
+        dt0=dt0_t,
+        dt_min=float(dt_min),
+        dt_max=float(dt_max),
+        max_steps=max_steps,
+        stops=ts.detach() if clip else None,
+        record=ts is not None or save.steps or save.dense,
+    )
+    dense = DenseSolution(solver, result.records, t0.detach(), result.t, direction, y_loop)
+    success = result.status == Status.SUCCESS
+    if ts is not None:
+        out_ts, ys = ts, dense(ts)
+    elif save.steps:
+        out_ts, ys = dense.steps()
+    else:
+        # dy(t1)/dt1 = f(t1, y(t1)): a straight-through term carries the gradient to t1.
+        y1 = result.y + _per_sample(t1 - t1.detach(), result.f) * result.f if t1.requires_grad else result.y
+        out_ts = t1[:, None]
+        ys = torch.where(_per_sample(success, y1), y1, torch.nan).unsqueeze(1)
+
+    evaluate = None
+    if save.dense:
+
+        def evaluate(t: torch.Tensor | float) -> torch.Tensor:
+            t = torch.as_tensor(t, device=y0.device)
+            scalar = t.ndim == 0
+            tq = check_save_times(t.reshape(1) if scalar else t, t0, t1, direction)
+            out = dense(tq)
+            out = _from_loop_layout(out, joint)
+            return out[:, 0] if scalar else out
+
+    stats = Stats(
+        n_f_evals=result.n_f_evals,
+        n_steps=result.n_steps,
+        n_accepted=result.n_accepted,
+        n_rejected=result.n_rejected,
+        n_iterations=result.n_iterations,
+    )
+    status, t_final, y_final = result.status, result.t, result.y
+    if joint:
+        expand = lambda x: x.expand(batch)  # noqa: E731
+        stats = Stats(
+            *(expand(x) for x in (stats.n_f_evals, stats.n_steps, stats.n_accepted, stats.n_rejected)),
+            n_iterations=stats.n_iterations,
+        )
+        status, t_final, y_final = expand(status), expand(t_final), y_final[0]
+        out_ts = out_ts[0]
+    solution = Solution(
+        ts=out_ts if (ts is None or ts.ndim == 1 or joint) else out_ts,
+        ys=_from_loop_layout(ys, joint),
+        status=status,
+        stats=stats,
+        t_final=t_final,
+        y_final=y_final,
+        _dense=evaluate,
+    )
+    if throw and not bool(solution.success.all()):
+        raise SolveError(solution)
+    return solution
+
+
+def _from_loop_layout(ys: torch.Tensor, joint: bool) -> torch.Tensor:
+    """Joint mode's loop output ``(1, T, B, *S)`` becomes ``(B, T, *S)``."""
+    return ys[0].movedim(0, 1) if joint else ys
+
+
+def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return x.to(like.dtype if x.dtype != torch.bool else torch.bool).reshape((-1,) + (1,) * (like.ndim - 1))
+
+
+def _check_y0(y0: Any) -> torch.Tensor:
+    if not isinstance(y0, torch.Tensor):
+        raise TypeError(f"y0 must be a torch.Tensor of shape (B, *S); got {type(y0).__name__}")
+    if not (y0.is_floating_point() or y0.is_complex()):
+        raise TypeError(f"y0 must have a floating dtype; got {y0.dtype}. Convert it, e.g. y0.double()")
+    if y0.ndim < 2:
+        raise ValueError(
+            f"y0 must have shape (B, *S): a batch dimension and at least one state dimension; got shape "
+            f"{tuple(y0.shape)}. For a single system use y0[None]; for a batch of scalar ODEs use y0[:, None]"
+        )
+    if y0.shape[0] == 0:
+        raise ValueError("y0 has an empty batch (shape[0] == 0)")
+    if not torch.isfinite(y0.detach()).all():
+        bad = (~torch.isfinite(y0.detach())).flatten(1).any(1).nonzero().flatten()[:8].tolist()
+        raise ValueError(f"y0 contains NaN or inf (samples {bad}): every initial state must be finite")
+    return y0
+
+
+def _as_time(name: str, t: Any, batch: int, device: torch.device) -> torch.Tensor:
+    if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor; got {type(t).__name__}")
+    t = torch.as_tensor(t, device=device)
+    if t.is_complex() or t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
+        raise ValueError(f"{name} must be a scalar or a ({batch},) tensor (one per sample); got shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not torch.isfinite(t.detach()).all():
+        raise ValueError(f"{name} must be finite; got {t.detach().tolist()}")
+    return t.reshape(-1).expand(batch)
+
+
+def _check_times(t0: Any, t1: Any, batch: int, joint: bool, device: torch.device):
+    t0 = _as_time("t0", t0, batch, device)
+    t1 = _as_time("t1", t1, batch, device)
+    if t0.requires_grad:
+        raise ValueError(
+            "t0 requires grad, but gradients with respect to t0 are not propagated yet: pass t0.detach() "
+            "(gradients with respect to t1 and save times are supported)"
+        )
+    if joint and ((t0 != t0[0]).any() or (t1 != t1[0]).any()):
+        raise ValueError("in joint mode the batch shares one interval: t0 and t1 must be scalars")
+    return t0, t1
+
+
+def _check_tolerance(name: str, tol: Any, y0: torch.Tensor, positive: bool) -> torch.Tensor:
+    if isinstance(tol, bool) or not isinstance(tol, (int, float, torch.Tensor)):
+        raise TypeError(f"{name} must be a number or a tensor broadcastable to y0; got {type(tol).__name__}")
+    real = y0.real.dtype if y0.is_complex() else y0.dtype
+    tol_t = torch.as_tensor(tol, dtype=real, device=y0.device).detach()
+    try:
+        tol_t = torch.broadcast_to(tol_t, y0.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(tol_t.shape)} does not broadcast to y0's shape {tuple(y0.shape)}"
+        ) from None
+    bad = ~torch.isfinite(tol_t) | (tol_t <= 0 if positive else tol_t < 0)
+    if bad.any():
+        need = "positive" if positive else "non-negative"
+        hint = " (a zero atol divides by zero where y = 0: use a small value such as 1e-12)" if positive else ""
+        raise ValueError(f"{name} must be {need} and finite; got {tol_t[bad].flatten()[0].item()}{hint}")
+    return tol_t
+
+
+def _check_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int; got {value!r}")
+
+
+def _check_dt0(dt0: Any, solver: AbstractSolver, device: torch.device) -> torch.Tensor | None:
+    if dt0 is None:
+        if not solver.adaptive:
+            raise ValueError(
+                f"{solver!r} is a fixed-step method and needs a step size: pass dt0=... "
+                "(or use an adaptive method such as 'tsit5')"
+            )
+        return None
+    dt0_t = torch.as_tensor(dt0, dtype=torch.float64, device=device).detach()
+    if dt0_t.ndim > 1 or not torch.isfinite(dt0_t).all() or (dt0_t <= 0).any():
+        raise ValueError(f"dt0 must be a positive finite number (its sign is taken from t0 -> t1); got {dt0!r}")
+    return dt0_t.reshape(-1)
+
+
+def _get_controller(controller: Any, solver: AbstractSolver) -> AbstractController:
+    if not solver.adaptive:
+        return ConstantStepController()
+    if isinstance(controller, AbstractController):
+        return controller
+    if controller == "pi":
+        return PIController()
+    if controller == "i":
+        return IController()
+    raise ValueError(f"controller must be 'pi', 'i' or an AbstractController instance; got {controller!r}")
