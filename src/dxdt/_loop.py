@@ -95,12 +95,12 @@ def integrate(
     n_steps, n_accepted, nonfinite_streak = zeros, zeros, zeros
     retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
     rows: list[tuple] = []
-    iteration = 0
-
-    for iteration in range(max_steps + 1):  # bounded: each iteration is a step of every running sample
+    n_iterations = 0
+    for _ in range(max_steps + 1):  # bounded: every running sample steps each iteration, max_steps ends it
         running = status == RUNNING
         if not bool(running.any()):  # the one host synchronisation per iteration
             break
+        n_iterations += 1
         tau = (t - t0) * direction
         # Distance to the next stop (the first stop strictly ahead).
         next_idx = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
@@ -144,8 +144,6 @@ def integrate(
         status = torch.where(~finished & (nonfinite_streak >= retry_limit), Status.NONFINITE, status)
         status = torch.where((status == RUNNING) & underflow, Status.DT_UNDERFLOW, status)
         status = torch.where((status == RUNNING) & (n_steps >= max_steps), Status.MAX_STEPS, status)
-    else:
-        iteration = max_steps + 1
 
     n_rejected = n_steps - n_accepted
     n_f_evals = n_init + solver.evals_per_step * n_steps
@@ -158,6 +156,6 @@ def integrate(
         n_accepted=n_accepted,
         n_rejected=n_rejected,
         n_f_evals=n_f_evals,
-        n_iterations=iteration,
+        n_iterations=n_iterations,
         records=StepRecords.stack(rows) if rows else None,
     )

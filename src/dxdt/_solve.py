@@ -172,7 +172,7 @@ def solve(
         status, t_final, y_final = expand(status), expand(t_final), y_final[0]
         out_ts = out_ts[0]
     solution = Solution(
-        ts=out_ts if (ts is None or ts.ndim == 1 or joint) else out_ts,
+        ts=out_ts,
         ys=_from_loop_layout(ys, joint),
         status=status,
         stats=stats,

@@ -71,7 +71,7 @@ class Term:
         times = (t.unsqueeze(-1) + dt.unsqueeze(-1) * c).to(dtype)  # (B, s)
         if not self.time_shape:  # joint mode: a batch of one, 0-d times
             return times.reshape(-1).unbind(0)
-        return times.reshape((times.shape[0], c.shape[0]) + self.time_shape[1:]).unbind(1)
+        return times.reshape((times.shape[0], c.shape[0], *self.time_shape[1:])).unbind(1)
 
     def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Evaluate ``f`` with ``t`` already in the shape and dtype ``f`` receives."""
