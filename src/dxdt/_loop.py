@@ -7,6 +7,7 @@ synchronisation per iteration is the test whether any sample is still running.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -90,61 +91,84 @@ def integrate(
 
     t, y, f = t0.clone(), y0, f0
     status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
+    code = {s: torch.tensor(int(s), device=device) for s in (Status.SUCCESS, Status.NONFINITE, Status.DT_UNDERFLOW)}
+    code_running = torch.tensor(RUNNING, device=device)
+    # Idle samples (finished or failed) take steps of size 0 and are masked out of every update.
+    dt = torch.where(status == RUNNING, dt, 0.0)
     err_prev = torch.ones(batch, dtype=torch.float64, device=device)
-    zeros = torch.zeros(batch, dtype=torch.int64, device=device)
-    n_steps, n_accepted, nonfinite_streak = zeros, zeros, zeros
+    nonfinite_streak = torch.zeros(batch, dtype=torch.int64, device=device)
     retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
+    single_stop = stop_tau.shape[1] == 1
+    running_history: list[torch.Tensor] = []
+    accept_history: list[torch.Tensor] = []
     rows: list[tuple] = []
-    n_iterations = 0
-    for _ in range(max_steps + 1):  # bounded: every running sample steps each iteration, max_steps ends it
+
+    # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
+    for _ in range(max_steps):
         running = status == RUNNING
         if not bool(running.any()):  # the one host synchronisation per iteration
             break
-        n_iterations += 1
-        tau = (t - t0) * direction
-        # Distance to the next stop (the first stop strictly ahead).
-        next_idx = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
-        stop = stops.gather(1, next_idx).squeeze(1)
-        to_stop = stop_tau.gather(1, next_idx).squeeze(1) - tau
+        if single_stop:
+            stop, to_stop = t1, (t1 - t) * direction
+        else:  # the first stop strictly ahead of each sample
+            tau = (t - t0) * direction
+            ahead = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
+            stop = stops.gather(1, ahead).squeeze(1)
+            to_stop = stop_tau.gather(1, ahead).squeeze(1) - tau
         lands = dt * (1 + SNAP) >= to_stop
-        dt_try = torch.where(running, torch.where(lands, to_stop, dt), 0.0)
-        t_new = torch.where(lands, stop, t + direction * dt_try)
+        dt_try = torch.where(lands, to_stop, dt)
+        dt_signed = direction * dt_try
+        t_new = torch.where(lands, stop, t + dt_signed)
 
-        step = solver.step(term, t, direction * dt_try, y, f)
+        step = solver.step(term, t, dt_signed, y, f)
 
         with torch.no_grad():
             if solver.adaptive:
                 err = solver.error_ratio(step, y.detach(), rtol, atol).to(torch.float64)
-                finite = torch.isfinite(err)
+                finite = err < math.inf  # one kernel; False for NaN and inf
             else:
                 err = torch.zeros_like(dt)
                 finite = torch.isfinite(step.y1.detach().flatten(1).sum(1))
             accept = running & finite & (err <= 1.0)
-            dt_next, err_prev_next = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
+            dt_next, err_prev = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
             # A step cut short to land on a stop says nothing about the step size the controller wanted.
-            dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next).clamp(max=dt_max)
+            dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next)
+            if dt_max < math.inf:
+                dt_next = dt_next.clamp(max=dt_max)
 
         accept_y = accept.reshape((-1,) + (1,) * (y.ndim - 1))
         if record:
             t_end = torch.where(accept, t_new, t)
             ks = torch.stack(step.ks, dim=-1)
-            rows.append((t, t_end, torch.where(accept, direction * dt_try, 0.0), accept, y, step.y1, ks))
+            rows.append((t, t_end, torch.where(accept, dt_signed, 0.0), accept, y, step.y1, ks))
+        running_history.append(running)
+        accept_history.append(accept)
         t = torch.where(accept, t_new, t)
         y = torch.where(accept_y, step.y1, y)
         f = torch.where(accept_y, step.f1, f)
-        dt = torch.where(running, dt_next, dt)
-        err_prev = err_prev_next
-        n_steps = n_steps + running
-        n_accepted = n_accepted + accept
-        nonfinite_streak = torch.where(finite, 0, nonfinite_streak + running)
 
-        finished = accept & (t_new == t1)
-        underflow = running & ~accept & ((dt_next < dt_min) | (t + direction * dt_next == t))
-        status = torch.where(finished, Status.SUCCESS, status)
-        status = torch.where(~finished & (nonfinite_streak >= retry_limit), Status.NONFINITE, status)
-        status = torch.where((status == RUNNING) & underflow, Status.DT_UNDERFLOW, status)
-        status = torch.where((status == RUNNING) & (n_steps >= max_steps), Status.MAX_STEPS, status)
+        with torch.no_grad():
+            nonfinite_streak = (nonfinite_streak + 1) * ~finite
+            finished = accept & (t_new == t1)
+            # The step no longer changes t in float64 (or fell below the user's dt_min).
+            underflow = t + direction * dt_next == t
+            if dt_min > 0:
+                underflow = underflow | (dt_next < dt_min)
+            failure = torch.where(
+                nonfinite_streak >= retry_limit,
+                code[Status.NONFINITE],
+                torch.where(underflow, code[Status.DT_UNDERFLOW], code_running),
+            )
+            status = torch.where(running, torch.where(finished, code[Status.SUCCESS], failure), status)
+            dt = torch.where(status == RUNNING, dt_next, 0.0)
 
+    status = torch.where(status == RUNNING, Status.MAX_STEPS, status)
+    n_iterations = len(running_history)
+    if n_iterations:
+        n_steps = torch.stack(running_history).sum(0)
+        n_accepted = torch.stack(accept_history).sum(0)
+    else:
+        n_steps = n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
     n_rejected = n_steps - n_accepted
     n_f_evals = n_init + solver.evals_per_step * n_steps
     return LoopResult(

@@ -68,7 +68,7 @@ class Term:
 
     def stage_times(self, t: torch.Tensor, dt: torch.Tensor, c: torch.Tensor, dtype: torch.dtype):
         """``t + c_i dt`` for every stage at once (float64 sums), ready for :meth:`call`; a tuple of tensors."""
-        times = (t.unsqueeze(-1) + dt.unsqueeze(-1) * c).to(dtype)  # (B, s)
+        times = torch.addcmul(t.unsqueeze(-1), dt.unsqueeze(-1), c).to(dtype)  # (B, s)
         if not self.time_shape:  # joint mode: a batch of one, 0-d times
             return times.reshape(-1).unbind(0)
         return times.reshape((times.shape[0], c.shape[0], *self.time_shape[1:])).unbind(1)
