@@ -61,6 +61,7 @@ def integrate(
     max_steps: int,
     stops: torch.Tensor | None,
     record: bool,
+    step_past_t1: bool = False,
 ) -> LoopResult:
     """Integrate every sample of ``y0`` from ``t0`` to ``t1`` (float64 ``(B,)`` each).
 
@@ -68,6 +69,8 @@ def integrate(
         stops: float64 ``(B, T)`` times that steps must land on exactly (save times of methods whose
             dense output is less accurate than the method), or ``None``.
         record: keep every step (for dense output, interpolated save times, or saving every step).
+        step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics); the caller
+            interpolates back to t1. Requires ``stops is None``.
     """
     batch = y0.shape[0]
     device = y0.device
@@ -108,17 +111,23 @@ def integrate(
         running = status == RUNNING
         if not bool(running.any()):  # the one host synchronisation per iteration
             break
-        if single_stop:
-            stop, to_stop = t1, (t1 - t) * direction
-        else:  # the first stop strictly ahead of each sample
-            tau = (t - t0) * direction
-            ahead = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
-            stop = stops.gather(1, ahead).squeeze(1)
-            to_stop = stop_tau.gather(1, ahead).squeeze(1) - tau
-        lands = dt * (1 + SNAP) >= to_stop
-        dt_try = torch.where(lands, to_stop, dt)
-        dt_signed = direction * dt_try
-        t_new = torch.where(lands, stop, t + dt_signed)
+        if step_past_t1:  # steps are never shortened; the caller interpolates back to t1
+            lands = None
+            dt_try = dt
+            dt_signed = direction * dt_try
+            t_new = t + dt_signed
+        else:
+            if single_stop:
+                stop, to_stop = t1, (t1 - t) * direction
+            else:  # the first stop strictly ahead of each sample
+                tau = (t - t0) * direction
+                ahead = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
+                stop = stops.gather(1, ahead).squeeze(1)
+                to_stop = stop_tau.gather(1, ahead).squeeze(1) - tau
+            lands = dt * (1 + SNAP) >= to_stop
+            dt_try = torch.where(lands, to_stop, dt)
+            dt_signed = direction * dt_try
+            t_new = torch.where(lands, stop, t + dt_signed)
 
         step = solver.step(term, t, dt_signed, y, f)
 
@@ -132,7 +141,8 @@ def integrate(
             accept = running & finite & (err <= 1.0)
             dt_next, err_prev = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
             # A step cut short to land on a stop says nothing about the step size the controller wanted.
-            dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next)
+            if lands is not None:
+                dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next)
             if dt_max < math.inf:
                 dt_next = dt_next.clamp(max=dt_max)
 
@@ -149,7 +159,7 @@ def integrate(
 
         with torch.no_grad():
             nonfinite_streak = (nonfinite_streak + 1) * ~finite
-            finished = accept & (t_new == t1)
+            finished = accept & ((t_new - t1) * direction >= 0 if step_past_t1 else t_new == t1)
             # The step no longer changes t in float64 (or fell below the user's dt_min).
             underflow = t + direction * dt_next == t
             if dt_min > 0:

@@ -20,8 +20,10 @@ class SaveAt:
         steps: save ``t0`` and the end of every accepted step (``(B, T_max)``, NaN-padded).
         dense: keep the dense solution, so that ``Solution.evaluate(t)`` works anywhere in ``[t0, t1]``.
 
-    With neither ``ts`` nor ``steps``, only ``t1`` is saved. Methods whose own interpolant is as accurate
-    as the method (Dopri5, Tsit5) interpolate at ``ts``; the others clip their steps to land on them.
+    With neither ``ts`` nor ``steps``, only ``t1`` is saved. Adaptive methods whose dense output is as
+    accurate as their steps (Dopri5 and Tsit5 with their own interpolants; Bosh3 and Heun with cubic
+    Hermite) interpolate at ``ts``; Dopri8, Vern7 and the fixed-step methods shorten their steps to land
+    exactly on them.
     """
 
     ts: torch.Tensor | Sequence[float] | None = None

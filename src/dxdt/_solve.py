@@ -36,6 +36,7 @@ def solve(
     max_steps: int = DEFAULT_MAX_STEPS,
     controller: Literal["pi", "i"] | AbstractController = "pi",
     batch_mode: Literal["per_sample", "joint"] = "per_sample",
+    step_past_t1: bool = False,
     throw: bool = True,
 ) -> Solution:
     """Solve the ODE ``dy/dt = f(t, y[, args])`` from ``t0`` to ``t1`` for a batch of initial states.
@@ -64,6 +65,9 @@ def solve(
         controller: ``"pi"`` (default), ``"i"``, or a controller instance. Ignored by fixed-step methods.
         batch_mode: ``"per_sample"`` (each sample its own steps) or ``"joint"`` (the batch as one system
             with one step size and one error norm: torchdiffeq's semantics).
+        step_past_t1: let the last step overshoot ``t1`` and interpolate back (torchdiffeq's semantics:
+            one step fewer, but ``f`` is evaluated beyond ``t1``). Adaptive methods only; not with
+            ``SaveAt(steps=True)``.
         throw: raise :class:`SolveError` if any sample fails (default); with ``False`` the solution is
             returned with per-sample ``status``.
 
@@ -115,7 +119,14 @@ def solve(
         time_shape = (batch,) + (1,) * (y0.ndim - 1)
     term = Term(f, args, time_shape, joint=joint)
 
-    clip = ts is not None and solver.dense_order < solver.order
+    # Dense output of order >= order - 1 is as accurate as the steps themselves; otherwise (Dopri8, Vern7)
+    # and for fixed-step methods, steps land exactly on the save times.
+    clip = ts is not None and (not solver.adaptive or solver.dense_order < solver.order - 1)
+    if step_past_t1 and (not solver.adaptive or save.steps or clip):
+        raise ValueError(
+            f"step_past_t1=True needs an adaptive method whose dense output matches its order (tsit5, dopri5, "
+            f"bosh3, heun) and no SaveAt(steps=True); got solver={solver!r}, steps={save.steps}"
+        )
     result = integrate(
         solver,
         controller,
@@ -130,7 +141,8 @@ def solve(
         dt_max=float(dt_max),
         max_steps=max_steps,
         stops=ts.detach() if clip else None,
-        record=ts is not None or save.steps or save.dense,
+        record=ts is not None or save.steps or save.dense or step_past_t1,
+        step_past_t1=step_past_t1,
     )
     dense = DenseSolution(solver, result.records, t0.detach(), result.t, direction, y_loop)
     success = result.status == Status.SUCCESS
@@ -138,6 +150,9 @@ def solve(
         out_ts, ys = ts, dense(ts)
     elif save.steps:
         out_ts, ys = dense.steps()
+    elif step_past_t1:
+        out_ts = t1[:, None]
+        ys = dense(out_ts)
     else:
         # dy(t1)/dt1 = f(t1, y(t1)): a straight-through term carries the gradient to t1.
         y1 = result.y + _per_sample(t1 - t1.detach(), result.f) * result.f if t1.requires_grad else result.y
@@ -163,6 +178,9 @@ def solve(
         n_iterations=result.n_iterations,
     )
     status, t_final, y_final = result.status, result.t, result.y
+    if step_past_t1:  # report the state at t1, not where the last step overshot to
+        t_final = torch.where(success, t1.detach(), t_final)
+        y_final = torch.where(_per_sample(success, y_final), dense(t_final[:, None])[:, 0], y_final)
     if joint:
         expand = lambda x: x.expand(batch)  # noqa: E731
         stats = Stats(

@@ -109,8 +109,8 @@ class ExplicitRungeKutta(AbstractSolver):
         co = self._coefficients(y0.dtype, y0.device)
         if co.dense is None:
             return hermite(theta, dt, y0, y1, ks[..., 0], ks[..., -1])
-        weights = polynomial_weights(theta, co.dense)  # (..., n_k) broadcast over the state dims
-        return y0 + dt * (ks @ weights.unsqueeze(-1)).squeeze(-1)
+        weights = polynomial_weights(theta, co.dense)  # (..., 1, ..., 1, n_k): broadcasts over the state dims
+        return y0 + dt * (ks * weights).sum(-1)
 
 
 def _combine(weights: tuple[float, ...], ks: list[torch.Tensor]) -> torch.Tensor:
