@@ -18,8 +18,9 @@ from .controllers import AbstractController, initial_step_size
 from .interpolation.dense_solution import StepRecords
 from .solvers.base import AbstractSolver
 
-# Consecutive non-finite attempts (each shrinking dt by the controller's factor_min) before a sample is
-# declared NONFINITE: 0.2**8 ≈ 3e-6, enough to step past a too-large initial step, not to loop forever.
+# Consecutive unusable attempts (non-finite values, or a failed Newton iteration), each shrinking dt by the
+# controller's factor_min, before a sample is declared NONFINITE / NEWTON_FAILURE: 0.2**8 ≈ 3e-6, enough to
+# step past a too-large initial step, not to loop forever.
 MAX_NONFINITE_RETRIES = 8
 # A step within this relative distance of the next stop (save time or t1) is stretched to land on it, so
 # that rounding in t + dt never leaves a sliver of a step behind.
@@ -38,6 +39,7 @@ class LoopResult:
     n_f_evals: torch.Tensor
     n_iterations: int
     records: StepRecords | None
+    solver_stats: dict[str, torch.Tensor]
 
 
 def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -94,16 +96,18 @@ def integrate(
 
     t, y, f = t0.clone(), y0, f0
     status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
-    code = {s: torch.tensor(int(s), device=device) for s in (Status.SUCCESS, Status.NONFINITE, Status.DT_UNDERFLOW)}
+    code = {s: torch.tensor(int(s), device=device) for s in Status}
     code_running = torch.tensor(RUNNING, device=device)
     # Idle samples (finished or failed) take steps of size 0 and are masked out of every update.
     dt = torch.where(status == RUNNING, dt, 0.0)
     err_prev = torch.ones(batch, dtype=torch.float64, device=device)
-    nonfinite_streak = torch.zeros(batch, dtype=torch.int64, device=device)
+    bad_streak = torch.zeros(batch, dtype=torch.int64, device=device)
     retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
     single_stop = stop_tau.shape[1] == 1
+    state = solver.init_state(term, t0, y0, f0)
     running_history: list[torch.Tensor] = []
     accept_history: list[torch.Tensor] = []
+    extra_history: list[torch.Tensor] = []
     rows: list[tuple] = []
 
     # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
@@ -129,16 +133,16 @@ def integrate(
             dt_signed = direction * dt_try
             t_new = torch.where(lands, stop, t + dt_signed)
 
-        step = solver.step(term, t, dt_signed, y, f)
+        step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)
+        err, bad = _assess(solver, step, y, rtol, atol)
+        if (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
+            # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
+            # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
+            dt_signed = torch.where(bad, 0.0, dt_signed)
+            step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)
 
         with torch.no_grad():
-            if solver.adaptive:
-                err = solver.error_ratio(step, y.detach(), rtol, atol).to(torch.float64)
-                finite = err < math.inf  # one kernel; False for NaN and inf
-            else:
-                err = torch.zeros_like(dt)
-                finite = torch.isfinite(step.y1.detach().flatten(1).sum(1))
-            accept = running & finite & (err <= 1.0)
+            accept = running & ~bad if controller.accepts_every_step else running & ~bad & (err <= 1.0)
             dt_next, err_prev = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
             # A step cut short to land on a stop says nothing about the step size the controller wanted.
             if lands is not None:
@@ -149,24 +153,30 @@ def integrate(
         accept_y = accept.reshape((-1,) + (1,) * (y.ndim - 1))
         if record:
             t_end = torch.where(accept, t_new, t)
-            ks = torch.stack(step.ks, dim=-1)
-            rows.append((t, t_end, torch.where(accept, dt_signed, 0.0), accept, y, step.y1, ks))
+            coefficients = solver.dense_coefficients(step, y, torch.where(accept, dt_signed, 0.0))
+            rows.append((t, t_end, torch.where(accept, dt_signed, 0.0), accept, step.y1, coefficients))
         running_history.append(running)
         accept_history.append(accept)
+        if step.extra_evals is not None:
+            extra_history.append(step.extra_evals * running)
+        state = solver.commit(state, step.state, accept, running)
         t = torch.where(accept, t_new, t)
         y = torch.where(accept_y, step.y1, y)
         f = torch.where(accept_y, step.f1, f)
 
         with torch.no_grad():
-            nonfinite_streak = (nonfinite_streak + 1) * ~finite
+            bad_streak = (bad_streak + 1) * bad
             finished = accept & ((t_new - t1) * direction >= 0 if step_past_t1 else t_new == t1)
             # The step no longer changes t in float64 (or fell below the user's dt_min).
             underflow = t + direction * dt_next == t
             if dt_min > 0:
                 underflow = underflow | (dt_next < dt_min)
+            gave_up = code[Status.NONFINITE]
+            if step.failed is not None:
+                gave_up = torch.where(step.failed, code[Status.NEWTON_FAILURE], gave_up)
             failure = torch.where(
-                nonfinite_streak >= retry_limit,
-                code[Status.NONFINITE],
+                bad_streak >= retry_limit,
+                gave_up,
                 torch.where(underflow, code[Status.DT_UNDERFLOW], code_running),
             )
             status = torch.where(running, torch.where(finished, code[Status.SUCCESS], failure), status)
@@ -181,6 +191,8 @@ def integrate(
         n_steps = n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
     n_rejected = n_steps - n_accepted
     n_f_evals = n_init + solver.evals_per_step * n_steps
+    if extra_history:
+        n_f_evals = n_f_evals + torch.stack(extra_history).sum(0)
     return LoopResult(
         t=t,
         y=y,
@@ -192,4 +204,20 @@ def integrate(
         n_f_evals=n_f_evals,
         n_iterations=n_iterations,
         records=StepRecords.stack(rows) if rows else None,
+        solver_stats=solver.statistics(state),
     )
+
+
+def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
+    """The step's error ratio (float64 ``(B,)``) and which samples' steps are unusable (NaN/inf or failed)."""
+    with torch.no_grad():
+        if solver.adaptive:
+            err = solver.error_ratio(step, y.detach(), rtol, atol).to(torch.float64)
+            bad = ~(err < math.inf)  # one kernel: NaN and inf
+        else:
+            err = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)
+            bad = ~torch.isfinite(step.y1.detach().flatten(1).sum(1))
+        if step.failed is not None:
+            bad = bad | step.failed
+            err = torch.where(step.failed, math.inf, err)  # the controller shrinks failed steps the most
+    return err, bad

@@ -56,9 +56,8 @@ def check_save_times(
     The returned tensor keeps ``ts``'s autograd graph.
     """
     batch = t0.shape[0]
-    ts = torch.as_tensor(ts, device=t0.device)
-    if not ts.is_floating_point():
-        ts = ts.to(torch.float64)
+    if not isinstance(ts, torch.Tensor):  # Python numbers go straight to float64, never through float32
+        ts = torch.tensor(ts, dtype=torch.float64, device=t0.device)
     if ts.ndim == 1:
         ts = ts.unsqueeze(0).expand(batch, -1)
     elif ts.ndim != 2 or ts.shape[0] != batch:

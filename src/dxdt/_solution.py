@@ -16,6 +16,7 @@ class Status(enum.IntEnum):
     MAX_STEPS = 1
     DT_UNDERFLOW = 2
     NONFINITE = 3
+    NEWTON_FAILURE = 4
 
     @property
     def message(self) -> str:
@@ -36,6 +37,10 @@ _MESSAGES = {
         "f or the state became NaN/inf and shrinking the step did not help: check f for divisions by zero, "
         "logs of negatives or overflow at the time reached"
     ),
+    Status.NEWTON_FAILURE: (
+        "the implicit solver's Newton iteration kept failing (or its matrix was singular) as the step shrank: "
+        "check f and its Jacobian (pass jac=...), loosen rtol/atol, or try a Rosenbrock method (rodas5p)"
+    ),
 }
 
 # Internal marker for samples still integrating; never visible in a returned Solution.
@@ -53,6 +58,9 @@ class Stats:
         n_rejected: rejected steps.
         n_iterations: iterations of the batched loop (a Python int, the same for all samples): the
             quantity that sets wall time when samples need different numbers of steps.
+        n_jac_evals, n_lu_decompositions, n_newton_iters, n_newton_failures: implicit solvers' work (zeros
+            for explicit methods). Jacobian evaluations are not included in ``n_f_evals``.
+        n_switches: switches between the explicit and the stiff method (automatic switching only).
     """
 
     n_f_evals: torch.Tensor
@@ -60,16 +68,33 @@ class Stats:
     n_accepted: torch.Tensor
     n_rejected: torch.Tensor
     n_iterations: int
+    n_jac_evals: torch.Tensor | None = None
+    n_lu_decompositions: torch.Tensor | None = None
+    n_newton_iters: torch.Tensor | None = None
+    n_newton_failures: torch.Tensor | None = None
+    n_switches: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("n_jac_evals", "n_lu_decompositions", "n_newton_iters", "n_newton_failures", "n_switches"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, torch.zeros_like(self.n_steps))
 
     def summary(self) -> str:
         def span(x: torch.Tensor) -> str:
             lo, hi = int(x.min()), int(x.max())
             return str(lo) if lo == hi else f"{lo}..{hi} (mean {x.double().mean():.1f})"
 
-        return (
+        text = (
             f"steps {span(self.n_steps)}, accepted {span(self.n_accepted)}, rejected {span(self.n_rejected)}, "
             f"f evals {span(self.n_f_evals)}, loop iterations {self.n_iterations}"
         )
+        if bool(self.n_jac_evals.any()):
+            text += f", Jacobians {span(self.n_jac_evals)}, LU {span(self.n_lu_decompositions)}"
+        if bool(self.n_newton_iters.any()):
+            text += f", Newton iterations {span(self.n_newton_iters)}, failures {span(self.n_newton_failures)}"
+        if bool(self.n_switches.any()):
+            text += f", switches {span(self.n_switches)}"
+        return text
 
 
 @dataclass
@@ -77,8 +102,9 @@ class Solution:
     """The result of :func:`dxdt.solve`.
 
     Attributes:
-        ts: save times, float64: ``(T,)`` when shared by all samples, ``(B, T)`` when per sample. When
-            every step is saved, ``(B, T_max)`` padded with NaN after each sample's last step.
+        ts: save times, float64: ``(T,)`` when given shared (and in joint mode), ``(B, T)`` when given per
+            sample; ``(B, 1)`` (each sample's ``t1``) by default. When every step is saved, ``(B, T_max)``
+            padded with NaN after each sample's last step.
         ys: states at ``ts``, shape ``(B, T, *S)`` (batch first, then time, then the state's own shape),
             in the dtype and on the device of ``y0``. Entries a failed sample did not reach are NaN.
         status: ``(B,)`` int64 tensor of :class:`Status` values.

@@ -96,18 +96,22 @@ def solve(
             raise ValueError(f"{name} must be a non-negative number; got {value!r}")
     if not dt_min < dt_max:
         raise ValueError(f"dt_min must be smaller than dt_max; got dt_min={dt_min}, dt_max={dt_max}")
-    dt0_t = _check_dt0(dt0, solver, y0.device)
+    dt0_t = _check_dt0(dt0, solver, 1 if joint else batch, y0.device)
     controller = _get_controller(controller, solver)
+    if controller.accepts_every_step and dt0_t is None:
+        raise ValueError(f"{controller!r} takes constant steps and needs their size: pass dt0=...")
     save = as_saveat(saveat)
     direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
     ts = None
     if save.ts is not None:
-        ts = torch.as_tensor(save.ts, device=y0.device)
+        ts = save.ts
+        if not isinstance(ts, torch.Tensor):  # straight to float64, never through float32
+            ts = torch.tensor(ts, dtype=torch.float64, device=y0.device)
         if joint and ts.ndim != 1:
             raise ValueError(f"in joint mode save times are shared: ts must have shape (T,), got {tuple(ts.shape)}")
-        ts = check_save_times(
-            ts, t0[:1] if joint else t0, t1[:1] if joint else t1, direction[:1] if joint else direction
-        )
+        shared_ts = ts.ndim == 1
+        n = 1 if joint else batch
+        ts = check_save_times(ts, t0[:n], t1[:n], direction[:n])
 
     # Joint mode: the batch is one system, i.e. a batch of one whose state is the whole (B, *S) tensor.
     if joint:
@@ -144,10 +148,10 @@ def solve(
         record=ts is not None or save.steps or save.dense or step_past_t1,
         step_past_t1=step_past_t1,
     )
-    dense = DenseSolution(solver, result.records, t0.detach(), result.t, direction, y_loop)
+    dense = DenseSolution(result.records, t0.detach(), result.t, direction, y_loop)
     success = result.status == Status.SUCCESS
     if ts is not None:
-        out_ts, ys = ts, dense(ts)
+        out_ts, ys = (ts[0] if shared_ts else ts), dense(ts)
     elif save.steps:
         out_ts, ys = dense.steps()
     elif step_past_t1:
@@ -176,6 +180,7 @@ def solve(
         n_accepted=result.n_accepted,
         n_rejected=result.n_rejected,
         n_iterations=result.n_iterations,
+        **result.solver_stats,
     )
     status, t_final, y_final = result.status, result.t, result.y
     if step_past_t1:  # report the state at t1, not where the last step overshot to
@@ -233,7 +238,8 @@ def _check_y0(y0: Any) -> torch.Tensor:
 def _as_time(name: str, t: Any, batch: int, device: torch.device) -> torch.Tensor:
     if isinstance(t, bool) or not isinstance(t, (int, float, torch.Tensor)):
         raise TypeError(f"{name} must be a number or a tensor; got {type(t).__name__}")
-    t = torch.as_tensor(t, device=device)
+    # Python numbers go straight to float64: a detour through float32 would move t1 = 1.2 by 5e-8.
+    t = t.to(device) if isinstance(t, torch.Tensor) else torch.tensor(t, dtype=torch.float64, device=device)
     if t.is_complex() or t.ndim > 1 or (t.ndim == 1 and t.shape[0] not in (1, batch)):
         raise ValueError(f"{name} must be a scalar or a ({batch},) tensor (one per sample); got shape {tuple(t.shape)}")
     t = t.to(torch.float64)
@@ -251,7 +257,10 @@ def _check_times(t0: Any, t1: Any, batch: int, joint: bool, device: torch.device
             "(gradients with respect to t1 and save times are supported)"
         )
     if joint and ((t0 != t0[0]).any() or (t1 != t1[0]).any()):
-        raise ValueError("in joint mode the batch shares one interval: t0 and t1 must be scalars")
+        raise ValueError(
+            f"in joint mode the batch shares one interval: t0 and t1 must be scalars; got t0={t0.tolist()}, "
+            f"t1={t1.tolist()}. Use batch_mode='per_sample' for per-sample intervals"
+        )
     return t0, t1
 
 
@@ -279,7 +288,7 @@ def _check_int(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a positive int; got {value!r}")
 
 
-def _check_dt0(dt0: Any, solver: AbstractSolver, device: torch.device) -> torch.Tensor | None:
+def _check_dt0(dt0: Any, solver: AbstractSolver, batch: int, device: torch.device) -> torch.Tensor | None:
     if dt0 is None:
         if not solver.adaptive:
             raise ValueError(
@@ -288,7 +297,11 @@ def _check_dt0(dt0: Any, solver: AbstractSolver, device: torch.device) -> torch.
             )
         return None
     dt0_t = torch.as_tensor(dt0, dtype=torch.float64, device=device).detach()
-    if dt0_t.ndim > 1 or not torch.isfinite(dt0_t).all() or (dt0_t <= 0).any():
+    if dt0_t.ndim > 1 or (dt0_t.ndim == 1 and dt0_t.shape[0] not in (1, batch)):
+        raise ValueError(
+            f"dt0 must be a number or a ({batch},) tensor (one per sample); got shape {tuple(dt0_t.shape)}"
+        )
+    if not torch.isfinite(dt0_t).all() or (dt0_t <= 0).any():
         raise ValueError(f"dt0 must be a positive finite number (its sign is taken from t0 -> t1); got {dt0!r}")
     return dt0_t.reshape(-1)
 

@@ -102,3 +102,120 @@ class ButcherTableau:
         if self.embedded_order is None:
             return self.order
         return min(self.order, self.embedded_order)
+
+
+def _check_lower(name: str, rows: tuple[tuple[float, ...], ...], s: int, label: str, diagonal: bool) -> None:
+    extra = 1 if diagonal else 0
+    if len(rows) != s or any(len(row) != i + extra for i, row in enumerate(rows)):
+        kind = "lower triangular (with diagonal)" if diagonal else "strictly lower triangular"
+        raise ValueError(f"{name}: {label} must be {kind} with {s} rows")
+
+
+@dataclass(frozen=True)
+class DIRKTableau:
+    """A diagonally implicit Runge–Kutta method (ESDIRK when ``a[0] == (0.0,)``).
+
+    Args:
+        name: the method's name, e.g. ``"Kvaerno5"``.
+        c: stage times.
+        a: lower-triangular coefficients including the diagonal: ``a[i]`` has ``i + 1`` entries.
+        b: solution weights.
+        b_err: error weights ``b - b_hat``.
+        order, embedded_order: orders of ``b`` and ``b_hat``.
+        reference: where the coefficients come from.
+    """
+
+    name: str
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    b_err: tuple[float, ...]
+    order: int
+    embedded_order: int
+    reference: str = ""
+    explicit_first_stage: bool = field(init=False)
+    stiffly_accurate: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        _check_lower(self.name, self.a, s, "a", diagonal=True)
+        if len(self.b) != s or len(self.b_err) != s:
+            raise ValueError(f"{self.name}: b and b_err need {s} entries")
+        for i, row in enumerate(self.a):
+            if not _close(math.fsum(row), self.c[i]):
+                raise ValueError(f"{self.name}: row {i} of a sums to {math.fsum(row)}, c[{i}] = {self.c[i]}")
+        if not _close(math.fsum(self.b), 1.0):
+            raise ValueError(f"{self.name}: sum(b) = {math.fsum(self.b)} != 1")
+        if not _close(math.fsum(self.b_err), 0.0):
+            raise ValueError(f"{self.name}: sum(b_err) = {math.fsum(self.b_err)} != 0")
+        diag = {row[-1] for row in self.a[1:]}
+        if len(diag) != 1:
+            raise ValueError(f"{self.name}: the diagonal of a must be constant after the first stage, got {diag}")
+        object.__setattr__(self, "explicit_first_stage", self.a[0][0] == 0.0)
+        object.__setattr__(
+            self, "stiffly_accurate", all(_close(x, y) for x, y in zip(self.a[-1], self.b)) and self.c[-1] == 1.0
+        )
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)
+
+    @property
+    def gamma(self) -> float:
+        """The diagonal coefficient shared by the implicit stages."""
+        return self.a[-1][-1]
+
+
+@dataclass(frozen=True)
+class RosenbrockTableau:
+    """A Rosenbrock method in Hairer & Wanner's transformed form (*Solving ODEs II*, IV.7, (7.25)).
+
+    With ``W = I / (dt γ) − J``, stage ``i`` solves ``W U_i = f(t + c_i dt, y + Σ_j a_ij U_j)
+    + Σ_j (C_ij / dt) U_j + dt d_i ∂f/∂t``; then ``y1 = y + Σ m_i U_i`` and the error estimate is
+    ``Σ m_err_i U_i``.
+
+    Args:
+        name: e.g. ``"Rodas5P"``.
+        gamma: the diagonal γ.
+        a: strictly lower-triangular transformed stage coefficients (``a[i]`` has ``i`` entries).
+        C: strictly lower-triangular transformed coupling coefficients.
+        c: stage times (``α_i``).
+        d: ``γ_i = Σ_j Γ_ij``, the weights of ``∂f/∂t``.
+        m: solution weights; ``m_err``: error weights.
+        order, embedded_order: orders of the solution and of the embedded method.
+        dense: rows ``H_k`` (each of ``s`` entries) of the continuous extension
+            ``y(θ) = (1 − θ) y0 + θ (y1 + (1 − θ)(h_1 + θ (h_2 + θ h_3 ...)))`` with ``h_k = Σ_j H_kj U_j``;
+            ``None`` means cubic Hermite.
+        dense_order: order of that continuous extension.
+        reference: where the coefficients come from.
+    """
+
+    name: str
+    gamma: float
+    a: tuple[tuple[float, ...], ...]
+    C: tuple[tuple[float, ...], ...]
+    c: tuple[float, ...]
+    d: tuple[float, ...]
+    m: tuple[float, ...]
+    m_err: tuple[float, ...]
+    order: int
+    embedded_order: int
+    dense: tuple[tuple[float, ...], ...] | None = None
+    dense_order: int = 3
+    reference: str = ""
+
+    def __post_init__(self) -> None:
+        s = len(self.c)
+        _check_lower(self.name, self.a, s, "a", diagonal=False)
+        _check_lower(self.name, self.C, s, "C", diagonal=False)
+        for label, vec in (("d", self.d), ("m", self.m), ("m_err", self.m_err)):
+            if len(vec) != s:
+                raise ValueError(f"{self.name}: {label} needs {s} entries, got {len(vec)}")
+        if not self.gamma > 0:
+            raise ValueError(f"{self.name}: gamma must be positive, got {self.gamma}")
+        if self.dense is not None and any(len(row) != s for row in self.dense):
+            raise ValueError(f"{self.name}: every dense row needs {s} entries")
+
+    @property
+    def stages(self) -> int:
+        return len(self.c)

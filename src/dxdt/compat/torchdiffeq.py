@@ -48,6 +48,8 @@ FIXED_METHODS: dict[str, ButcherTableau] = {
     "rk4": RK4_38,
 }
 METHODS: tuple[str, ...] = (*ADAPTIVE_METHODS, *FIXED_METHODS)
+# Methods that dxdt interpolates at save times: like torchdiffeq, their last step may overshoot t[-1].
+_STEP_PAST_T1 = ("dopri5", "tsit5", "bosh3", "adaptive_heun")
 # torchdiffeq methods without a counterpart here, named in the error so that users know it is deliberate.
 _UNSUPPORTED = ("fehlberg2", "heun2", "heun3", "explicit_adams", "implicit_adams", "fixed_adams", "scipy_solver")
 _ADAPTIVE_OPTIONS = ("first_step", "max_num_steps")
@@ -77,7 +79,7 @@ def odeint(
             ``t[0]`` is the initial time. May require grad (see Gradients).
         rtol, atol: relative and absolute tolerances (adaptive methods): floats, or tensors broadcastable to
             ``y0`` (per component); for a tuple ``y0``, also a tuple/list with one entry per tensor.
-            They may not require grad.
+            They may not require grad. Fixed-grid methods ignore them.
         method: ``"dopri5"`` (default), ``"dopri8"``, ``"bosh3"``, ``"adaptive_heun"`` and ``"tsit5"``
             (adaptive; ``tsit5`` is an extension, torchdiffeq has none), or ``"euler"``, ``"midpoint"``,
             ``"rk4"`` (fixed grid).
@@ -103,8 +105,9 @@ def odeint(
         - ``"dopri8"`` is Hairer's DOP853 (Dormand–Prince 8(5,3)); torchdiffeq's ``"dopri8"`` is the
           Prince–Dormand RK8(7)13M pair. Both are eighth order. DOP853 has no dense output of its own
           here, so its steps land on every time in ``t`` (torchdiffeq interpolates).
-        - ``"dopri5"`` and ``"tsit5"`` interpolate at the times in ``t`` with their own dense output;
-          ``"bosh3"`` and ``"adaptive_heun"`` land on them.
+        - The other adaptive methods interpolate at the times in ``t`` (``"dopri5"`` and ``"tsit5"`` with
+          their own dense output, ``"bosh3"`` and ``"adaptive_heun"`` with cubic Hermite) and, as in
+          torchdiffeq, the last step may overshoot ``t[-1]`` (``func`` is evaluated beyond it).
         - ``max_num_steps`` defaults to dxdt's 10 000 (torchdiffeq: unbounded), so that nothing runs forever.
         - Fixed grid, as in torchdiffeq: without ``step_size`` one step per interval of ``t``; with
           ``step_size`` the grid ``t[0] + k * step_size`` (the last step shortened to end on ``t[-1]``) with
@@ -118,7 +121,8 @@ def odeint(
         time yet). For ``t[1:]`` the gradient is that of the returned output as a function of the save
         time with the steps held fixed: the derivative of the dense output (adaptive methods, as in
         torchdiffeq), of the linear interpolant (fixed grid with ``step_size``; at ``t[-1]`` its slope
-        over the last step), or ``func(t_i, y_i)`` (fixed grid without ``step_size``, where torchdiffeq
+        over the last step, and at a time on the grid the slope of the step ending there, where torchdiffeq
+        gives 0), or ``func(t_i, y_i)`` (fixed grid without ``step_size``, where torchdiffeq
         differentiates the grid itself; the two agree to the discretisation error).
     """
     if method is None:
@@ -149,11 +153,11 @@ def odeint(
     if len(t) == 1:
         ys = y_flat.unsqueeze(0).clone()
     elif method in ADAPTIVE_METHODS:
-        ys = _solve_adaptive(f, y_flat, t, ADAPTIVE_METHODS[method], rtol_flat, atol_flat, opts)
+        ys = _solve_adaptive(f, y_flat, t, method, rtol_flat, atol_flat, opts)
     elif opts.get("step_size") is None:
-        ys = _solve_on_t(f, y_flat, t, _FixedGrid(FIXED_METHODS[method]), opts)
+        ys = _solve_on_t(f, y_flat, t, ExplicitRungeKutta(FIXED_METHODS[method]), opts)
     else:
-        ys = _solve_step_size(f, y_flat, t, _FixedGrid(FIXED_METHODS[method]), opts)
+        ys = _solve_step_size(f, y_flat, t, ExplicitRungeKutta(FIXED_METHODS[method]), opts)
 
     if not is_tuple:
         return ys.reshape(len(t), *shapes[0])
@@ -205,7 +209,7 @@ def _solve_adaptive(
     f: _FlatFunc,
     y_flat: torch.Tensor,
     t: torch.Tensor,
-    solver: str,
+    method: str,
     rtol: float | torch.Tensor,
     atol: float | torch.Tensor,
     opts: dict[str, Any],
@@ -215,19 +219,20 @@ def _solve_adaptive(
         y_flat.unsqueeze(0),
         t[0].detach(),
         t[-1].detach(),
-        solver=solver,
+        solver=ADAPTIVE_METHODS[method],
         saveat=t[1:],  # keeps t's graph: gradients reach the save times
         rtol=rtol,
         atol=atol,
         dt0=opts.get("first_step"),
-        max_steps=opts.get("max_num_steps", 10_000),
+        **({"max_steps": opts["max_num_steps"]} if "max_num_steps" in opts else {}),  # else dxdt's default
         controller="i",  # torchdiffeq's controller: dt * clip(0.9 * err^(-1/(q+1)), 0.2, 10)
         batch_mode="joint",
+        step_past_t1=method in _STEP_PAST_T1,
     )
     return torch.cat([y_flat.unsqueeze(0), sol.ys[0]])
 
 
-def _solve_on_t(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: _FixedGrid, opts: dict) -> torch.Tensor:
+def _solve_on_t(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: Any, opts: dict) -> torch.Tensor:
     """torchdiffeq's fixed grid without ``step_size``: the grid is ``t``, one step per interval."""
     t64 = t.detach().to(torch.float64)
     sol = solve(
@@ -236,8 +241,8 @@ def _solve_on_t(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: _Fi
         t64[0],
         t64[-1],
         solver=solver,
-        # Steps end on every save time; a first step as long as the whole interval makes each step end on the
-        # next one. The outputs carry d y(t_i) / d t_i = f(t_i, y_i) (the interpolant's slope there).
+        # Fixed-step methods end a step on every save time; a step as long as the whole interval makes each
+        # step end on the next one. The outputs carry d y(t_i) / d t_i = f(t_i, y_i) (the interpolant's slope).
         saveat=t[1:],
         dt0=(t64[-1] - t64[0]).abs(),
         max_steps=opts.get("max_num_steps", len(t) - 1),
@@ -272,19 +277,6 @@ def _solve_step_size(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver
     theta_m1 = ((tq - grid[k]) / (grid[k + 1] - grid[k]) - 1).to(ys.dtype).unsqueeze(1)
     out = ys[k + 1] + theta_m1 * (ys[k + 1] - ys[k])
     return torch.cat([y_flat.unsqueeze(0), out])
-
-
-class _FixedGrid(ExplicitRungeKutta):
-    """A fixed-step method whose steps end on every save time instead of interpolating between them.
-
-    ``dxdt.solve`` interpolates at save times only for methods whose dense output is as accurate as the method
-    (``dense_order >= order``) and otherwise shortens steps to end on them; a dense order of 0 makes the latter
-    the rule for every method, as torchdiffeq's grid without ``step_size`` (the grid is ``t``) needs.
-    """
-
-    def __init__(self, tableau: ButcherTableau):
-        super().__init__(tableau)
-        self.dense_order = 0
 
 
 def _check_options(method: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -339,9 +331,11 @@ def _flat_tolerance(name: str, tol: Any, shapes: list[torch.Size], is_tuple: boo
         parts = [_broadcast_tolerance(name, x, s) for x, s in zip(tol, shapes)]
         return torch.cat([p.reshape(-1) for p in parts]).unsqueeze(0)
     if isinstance(tol, torch.Tensor):
-        if is_tuple and tol.numel() != 1:
+        if not is_tuple:
+            return _broadcast_tolerance(name, tol, shapes[0]).reshape(1, -1)
+        if tol.numel() != 1:
             raise ValueError(f"for a tuple y0, {name} must be a scalar or a tuple with one entry per tensor")
-        return _broadcast_tolerance(name, tol, shapes[0] if not is_tuple else torch.Size()).reshape(1, -1)
+        return _broadcast_tolerance(name, tol.reshape(()), torch.Size()).reshape(1, 1)
     return tol  # a number: dxdt.solve validates it
 
 

@@ -10,6 +10,9 @@ import torch
 class AbstractController(abc.ABC):
     """Chooses step sizes. ``propose`` is pure tensor code (no syncs, no state on ``self``)."""
 
+    #: accept every finite step whatever its error estimate (constant steps)
+    accepts_every_step: bool = False
+
     @abc.abstractmethod
     def propose(
         self,

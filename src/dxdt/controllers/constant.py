@@ -6,7 +6,13 @@ from .base import AbstractController
 
 
 class ConstantStepController(AbstractController):
-    """Keeps ``dt`` unchanged; used automatically for methods without an error estimate."""
+    """Keeps ``dt`` unchanged and accepts every finite step (as diffrax's ``ConstantStepSize``).
+
+    Used automatically for methods without an error estimate; with an adaptive method it turns off error
+    control (the error estimate is computed but ignored).
+    """
+
+    accepts_every_step = True
 
     def propose(self, dt, err, err_prev, accept, error_order):
         return dt, err_prev

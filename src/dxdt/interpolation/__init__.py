@@ -1,6 +1,6 @@
-"""Dense output inside one step: the methods' own interpolants, and cubic Hermite otherwise."""
+"""Dense output inside one step as a polynomial in θ: the methods' own interpolants, cubic Hermite otherwise."""
 
-from .hermite import hermite as hermite
-from .polynomial import polynomial_weights as polynomial_weights
+from .hermite import hermite_coefficients as hermite_coefficients
+from .polynomial import evaluate_polynomial as evaluate_polynomial
 
-__all__ = ["hermite", "polynomial_weights"]
+__all__ = ["evaluate_polynomial", "hermite_coefficients"]

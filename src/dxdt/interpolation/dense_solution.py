@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..solvers.base import AbstractSolver
+from .polynomial import evaluate_polynomial
 
 
 class StepRecords(NamedTuple):
@@ -20,9 +20,8 @@ class StepRecords(NamedTuple):
     t_end: torch.Tensor  # (I, B) float64: the step's end if accepted, else t_start
     dt: torch.Tensor  # (I, B) float64
     accepted: torch.Tensor  # (I, B) bool
-    y0: torch.Tensor  # (I, B, *S)
-    y1: torch.Tensor  # (I, B, *S)
-    ks: torch.Tensor  # (I, B, *S, n_k)
+    y1: torch.Tensor  # (I, B, *S): the step's end (its candidate, for rejected steps)
+    coefficients: torch.Tensor  # (I, B, *S, m + 1): y(t_start + θ dt) = Σ_k θ^k P_k
 
     @staticmethod
     def stack(rows: list[tuple]) -> StepRecords:
@@ -34,14 +33,12 @@ class DenseSolution:
 
     def __init__(
         self,
-        solver: AbstractSolver,
         records: StepRecords | None,
         t0: torch.Tensor,
         t_final: torch.Tensor,
         direction: torch.Tensor,
         y0: torch.Tensor,
     ):
-        self.solver = solver
         self.records = records
         self.t0 = t0
         self.t_final = t_final
@@ -66,15 +63,11 @@ class DenseSolution:
             t_start = rec.t_start[idx, b]
             moving = dt != 0
             theta = torch.where(moving, (tq - t_start) / torch.where(moving, dt, 1.0), 0.0)
-            dtype = self.y0.dtype
             shape = (batch, n_t, *state_dims)
-            out = self.solver.interpolate(
-                theta.to(dtype).reshape(shape),
-                dt.to(dtype).reshape(shape),
-                rec.y0[idx, b],
-                rec.y1[idx, b],
-                rec.ks[idx, b],
-            )
+            coefficients = rec.coefficients[idx, b]
+            out = evaluate_polynomial(coefficients, theta.to(self.y0.dtype).reshape(shape))
+            # A rejected step's coefficients may be NaN; at its start (θ = 0) the state is just P_0.
+            out = torch.where(moving.reshape(shape), out, coefficients[..., 0])
         reached = tau_q <= ((self.t_final - self.t0) * self.direction)[:, None]
         return torch.where(reached.reshape(batch, n_t, *state_dims), out, torch.nan)
 

@@ -1,20 +1,13 @@
-"""A method's own continuous extension: stage weights that are polynomials in θ."""
+"""Dense output as a polynomial in θ: built per step, evaluated anywhere by Horner's rule."""
 
 from __future__ import annotations
 
 import torch
 
 
-def polynomial_weights(theta: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
-    """The weights ``b_i(θ) = Σ_k dense[i, k-1] θ^k``.
-
-    Args:
-        theta: ``(...,)``.
-        dense: ``(n_k, m)`` coefficient matrix (one row per stage).
-
-    Returns:
-        ``(..., n_k)``: ``y(t0 + θ dt) = y0 + dt Σ_i b_i(θ) k_i``.
-    """
-    m = dense.shape[1]
-    powers = theta.unsqueeze(-1) ** torch.arange(1, m + 1, device=theta.device, dtype=theta.dtype)
-    return powers @ dense.T
+def evaluate_polynomial(coefficients: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """``Σ_k θ^k P[..., k]`` for coefficients ``(..., m + 1)``; ``theta`` broadcasts against ``P[..., 0]``."""
+    out = coefficients[..., -1]
+    for k in range(coefficients.shape[-1] - 2, -1, -1):
+        out = torch.addcmul(coefficients[..., k], out, theta)
+    return out

@@ -1,9 +1,9 @@
-"""The interface every solver implements: one pure-tensor step."""
+"""The interface every solver implements: one pure-tensor step, plus optional per-solve state."""
 
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 
@@ -18,7 +18,12 @@ class StepResult(NamedTuple):
         f1: ``f(t + dt, y1)``: the next step's first stage when this one is accepted.
         y_err: local error estimate, ``(B, *S)``, or ``None`` for fixed-step methods.
         y_err_low: a second, lower-order estimate (DOP853 only), else ``None``.
-        ks: the stages, each ``(B, *S)`` (the last one is ``f1``): what dense output is built from.
+        ks: the stage vectors, each ``(B, *S)``: what dense output is built from.
+        f0: ``f(t, y)`` at the start of the step.
+        state: the solver's state after this attempt (see :meth:`AbstractSolver.commit`).
+        failed: ``(B,)`` bool, samples whose step could not be computed (Newton failure, singular matrix), or
+            ``None``. Failed steps are rejected and their dt shrunk.
+        extra_evals: ``(B,)`` f evaluations beyond ``evals_per_step`` (e.g. Newton iterations), or ``None``.
     """
 
     y1: torch.Tensor
@@ -26,10 +31,14 @@ class StepResult(NamedTuple):
     y_err: torch.Tensor | None
     y_err_low: torch.Tensor | None
     ks: list[torch.Tensor]
+    f0: torch.Tensor
+    state: Any = None
+    failed: torch.Tensor | None = None
+    extra_evals: torch.Tensor | None = None
 
 
 class AbstractSolver(abc.ABC):
-    """A time-stepping method. Subclasses hold no per-solve state: ``step`` is a pure function of tensors."""
+    """A time-stepping method. Per-solve data lives in an explicit state (tensors), never on ``self``."""
 
     #: classical order of the solution
     order: int
@@ -37,29 +46,45 @@ class AbstractSolver(abc.ABC):
     error_order: int
     #: whether the method has an error estimate (else it needs a fixed ``dt0``)
     adaptive: bool
-    #: order of the dense output (``Solution.evaluate``); when lower than ``order``, steps are clipped to
-    #: land exactly on requested save times instead of interpolating there
+    #: order of the dense output; below ``order - 1`` steps land exactly on save times instead
     dense_order: int
-    #: number of f evaluations one attempted step costs
+    #: f evaluations one attempted step costs (beyond ``StepResult.extra_evals``)
     evals_per_step: int
 
+    def init_state(self, term: Term, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> Any:
+        """Per-solve state (Jacobians, factorizations, counters); ``None`` for stateless methods."""
+        return None
+
     @abc.abstractmethod
-    def step(self, term: Term, t: torch.Tensor, dt: torch.Tensor, y: torch.Tensor, f0: torch.Tensor) -> StepResult:
+    def step(
+        self,
+        term: Term,
+        t: torch.Tensor,
+        dt: torch.Tensor,
+        y: torch.Tensor,
+        f0: torch.Tensor,
+        state: Any,
+        rtol: torch.Tensor,
+        atol: torch.Tensor,
+    ) -> StepResult:
         """Attempt a step from ``(t, y)`` of signed size ``dt`` (both float64 ``(B,)``); ``f0 = f(t, y)``."""
+
+    def commit(self, old: Any, new: Any, accept: torch.Tensor, running: torch.Tensor) -> Any:
+        """The state to carry on, given which samples were running and which accepted their step."""
+        return new
+
+    def statistics(self, state: Any) -> dict[str, torch.Tensor]:
+        """Per-sample counters beyond steps and f evaluations (Jacobians, LUs, Newton iterations...)."""
+        return {}
 
     @abc.abstractmethod
     def error_ratio(self, step: StepResult, y0: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
         """Per-sample error of the step relative to the tolerances, ``(B,)``: ``<= 1`` accepts it."""
 
     @abc.abstractmethod
-    def interpolate(
-        self, theta: torch.Tensor, dt: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, ks: torch.Tensor
-    ) -> torch.Tensor:
-        """Dense output inside a step: ``y(t + θ dt)``.
-
-        ``ks`` stacks the stages on a last dimension: ``(..., *S, n_k)``; ``theta`` and ``dt`` broadcast
-        against ``y0`` (singleton state dimensions).
-        """
+    def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        """Dense output inside the step as a polynomial in θ: ``(B, *S, m + 1)`` with
+        ``y(t + θ dt) = Σ_k θ^k P[..., k]`` (so ``P[..., 0] = y0``); ``dt`` is float64 ``(B,)``."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -1,0 +1,125 @@
+"""Batched Jacobians and LU factorizations for the implicit solvers.
+
+Per-sample mode: ``J`` is ``(B, N, N)`` with ``N = prod(S)``: each sample's own Jacobian, obtained from ``N``
+Jacobian-vector products of the batched ``f`` (samples are independent, so one tangent per state component,
+replicated across the batch, gives every sample's column at once). Joint mode is a batch of one whose state is
+the whole batch, so ``J`` is the one dense Jacobian of the joint system.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import torch
+
+from .._term import Term
+
+JacobianSpec = Literal["autodiff", "fd"] | Callable[..., torch.Tensor]
+
+
+class NotDifferentiableError(TypeError):
+    """Raised when ``f`` cannot be differentiated with ``torch.func``."""
+
+
+def _basis(y: torch.Tensor) -> torch.Tensor:
+    """``(N, B, *S)``: tangent ``j`` is ``e_j`` in every sample."""
+    n = y[0].numel()
+    eye = torch.eye(n, dtype=y.dtype, device=y.device)
+    return eye.reshape(n, 1, *y.shape[1:]).expand(n, *y.shape).contiguous()
+
+
+def jacobian(
+    term: Term, t: torch.Tensor, y: torch.Tensor, spec: JacobianSpec, with_time: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-sample ``∂f/∂y`` as ``(B, N, N)`` and, if ``with_time``, ``∂f/∂t`` shaped like ``y``.
+
+    Args:
+        t: times already in the shape and dtype ``f`` receives (see :meth:`Term.call`).
+        spec: ``"autodiff"`` (``torch.func`` forward mode), ``"fd"`` (forward differences, ``N + 1`` calls
+            of ``f``), or a callable ``jac(t, y[, args])`` returning ``(B, N, N)``.
+    """
+    batch, n = y.shape[0], y[0].numel()
+    f_t = None
+    if callable(spec):
+        jac = spec(t, y, term.args) if term.pass_args else spec(t, y)
+        expected = (batch, n, n)
+        if not isinstance(jac, torch.Tensor) or tuple(jac.shape) != expected:
+            got = tuple(jac.shape) if isinstance(jac, torch.Tensor) else type(jac).__name__
+            raise ValueError(
+                f"jac returned {got}, expected shape {expected} (batch, N, N) with N = prod(y.shape[1:]) = {n}: "
+                "row i, column j is ∂f_i/∂y_j of each sample"
+            )
+        if with_time:
+            f_t = _time_derivative_fd(term, t, y)
+        return jac.to(y.dtype), f_t
+    if spec == "fd":
+        return _jacobian_fd(term, t, y), _time_derivative_fd(term, t, y) if with_time else None
+    try:
+        columns = torch.func.vmap(lambda v: torch.func.jvp(lambda z: term.call(t, z), (y,), (v,))[1])(_basis(y))
+        if with_time:
+            f_t = torch.func.jvp(lambda s: term.call(s, y), (t,), (torch.ones_like(t),))[1]
+    except (RuntimeError, TypeError, NotImplementedError) as err:
+        raise NotDifferentiableError(
+            f"the implicit solver could not differentiate f with torch.func ({type(err).__name__}: {err}). "
+            "Pass jac='fd' to use finite differences, or jac=callable(t, y[, args]) returning the (B, N, N) "
+            "Jacobian; or make f functional (no in-place updates of y, no .item() or Python branching on values)."
+        ) from err
+    # columns: (N_in, B, *S) -> (B, N_out, N_in)
+    return columns.reshape(n, batch, n).permute(1, 2, 0), f_t
+
+
+def _fd_step(y: torch.Tensor) -> torch.Tensor:
+    eps = torch.finfo(y.dtype).eps ** 0.5
+    return eps * y.abs().clamp_min(1.0)
+
+
+def _jacobian_fd(term: Term, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    batch, n = y.shape[0], y[0].numel()
+    f0 = term.call(t, y)
+    flat = y.reshape(batch, n)
+    h = _fd_step(flat)
+    cols = []
+    for j in range(n):  # one call per state component: the batch stays intact for per-sample args
+        dy = torch.zeros_like(flat)
+        dy[:, j] = h[:, j]
+        cols.append((term.call(t, (flat + dy).reshape(y.shape)) - f0).reshape(batch, n) / h[:, j : j + 1])
+    return torch.stack(cols, dim=-1)
+
+
+def _time_derivative_fd(term: Term, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    h = _fd_step(t)
+    return (term.call(t + h, y) - term.call(t, y)) / h
+
+
+class Factorization(NamedTuple):
+    lu: torch.Tensor  # (B, N, N)
+    pivots: torch.Tensor  # (B, N)
+    singular: torch.Tensor  # (B,) bool
+
+
+def factor(matrix: torch.Tensor) -> Factorization:
+    """Batched LU; singular samples are flagged, not raised (they become per-sample failures)."""
+    lu, pivots, info = torch.linalg.lu_factor_ex(matrix)
+    singular = (info != 0) | ~torch.isfinite(lu.detach()).flatten(1).all(1)
+    return Factorization(lu, pivots, singular)
+
+
+def solve_factored(fact: Factorization, rhs: torch.Tensor) -> torch.Tensor:
+    """``M^{-1} rhs`` for ``rhs`` of shape ``(B, *S)``."""
+    batch = rhs.shape[0]
+    out = torch.linalg.lu_solve(fact.lu, fact.pivots, rhs.reshape(batch, -1, 1))
+    return out.reshape(rhs.shape)
+
+
+def identity_like(jac: torch.Tensor) -> torch.Tensor:
+    return torch.eye(jac.shape[-1], dtype=jac.dtype, device=jac.device).expand_as(jac)
+
+
+def check_jacobian_spec(jac: Any) -> JacobianSpec:
+    if jac in ("autodiff", "fd") or callable(jac):
+        return jac
+    raise ValueError(
+        f"jac must be 'autodiff' (torch.func), 'fd' (finite differences) or a callable jac(t, y[, args]) "
+        f"returning the (B, N, N) Jacobian; got {jac!r}"
+    )

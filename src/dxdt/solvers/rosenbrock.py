@@ -1,0 +1,131 @@
+"""The one generic Rosenbrock step, driven by a :class:`~dxdt._tableau.RosenbrockTableau`.
+
+Linearly implicit: each stage is one linear solve with ``W = I/(dt γ) − J`` (one LU per attempted step), no
+Newton iteration, so backpropagation through the step is exact. The Jacobian is evaluated once per accepted
+step and reused after a rejection (the state has not moved).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .._norm import rms_norm
+from .._tableau import RosenbrockTableau
+from .._term import Term
+from ..interpolation import hermite_coefficients
+from ._combine import combine, per_sample
+from ._newton import JacobianSpec, check_jacobian_spec, factor, identity_like, jacobian, solve_factored
+from .base import AbstractSolver, StepResult
+
+
+class RosenbrockState(NamedTuple):
+    jac: torch.Tensor  # (B, N, N) at the current y
+    f_t: torch.Tensor  # (B, *S) ∂f/∂t at the current (t, y)
+    current: torch.Tensor  # (B,) bool: jac/f_t were evaluated at the current (t, y)
+    n_jac: torch.Tensor  # (B,) int64 Jacobian evaluations
+    n_lu: torch.Tensor  # (B,) int64 LU factorizations
+
+
+class Rosenbrock(AbstractSolver):
+    """A Rosenbrock method given by its tableau.
+
+    Args:
+        jac: how the Jacobian is obtained: ``"autodiff"`` (``torch.func`` forward mode, default), ``"fd"``
+            (finite differences), or a callable ``jac(t, y[, args]) -> (B, N, N)``.
+    """
+
+    tableau: RosenbrockTableau
+    adaptive = True
+
+    def __init__(self, jac: JacobianSpec = "autodiff", tableau: RosenbrockTableau | None = None):
+        if tableau is not None:
+            self.tableau = tableau
+        self.jac = check_jacobian_spec(jac)
+        tab = self.tableau
+        self.order = tab.order
+        self.error_order = min(tab.order, tab.embedded_order)
+        self.dense_order = tab.dense_order if tab.dense is not None else 3
+        # stages 2..s, then f(t1, y1) for the next step; the Jacobian's own cost is counted separately.
+        self.evals_per_step = tab.stages
+
+    def init_state(self, term: Term, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> RosenbrockState:
+        batch, n = y0.shape[0], y0[0].numel()
+        zeros = torch.zeros(batch, dtype=torch.int64, device=y0.device)
+        return RosenbrockState(
+            jac=y0.new_zeros(batch, n, n),
+            f_t=torch.zeros_like(y0),
+            current=torch.zeros(batch, dtype=torch.bool, device=y0.device),
+            n_jac=zeros,
+            n_lu=zeros,
+        )
+
+    def step(self, term, t, dt, y, f0, state: RosenbrockState, rtol=None, atol=None) -> StepResult:
+        tab = self.tableau
+        times = term.stage_times(t, dt, torch.tensor((*tab.c, 1.0), dtype=torch.float64, device=t.device), y.dtype)
+        # The Jacobian is needed wherever it is not already at the current point (after an accepted step).
+        stale = ~state.current
+        if bool(stale.any()):
+            jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True)
+            jac = torch.where(stale[:, None, None], jac_new, state.jac)
+            f_t = torch.where(stale.reshape((-1,) + (1,) * (y.ndim - 1)), f_t_new, state.f_t)
+        else:
+            jac, f_t = state.jac, state.f_t
+        # Idle samples have dt = 0; give them a harmless W so nothing non-finite enters the graph.
+        dt_safe = torch.where(dt == 0, 1.0, dt)
+        dt_y = per_sample(dt_safe, y)
+        inv = (1.0 / (dt_safe * tab.gamma)).to(y.dtype)[:, None, None]
+        fact = factor(inv * identity_like(jac) - jac)
+        us: list[torch.Tensor] = []
+        for i in range(tab.stages):
+            if i == 0:
+                stage_f = f0
+            else:
+                stage_f = term.call(times[i], y + combine(tab.a[i], us))
+            rhs = stage_f
+            coupling = combine(tab.C[i], us) if i else None
+            if coupling is not None:
+                rhs = rhs + coupling / dt_y
+            if tab.d[i] != 0.0:
+                rhs = torch.addcmul(rhs, dt_y, f_t, value=tab.d[i])
+            us.append(solve_factored(fact, rhs))
+        y1 = y + combine(tab.m, us)
+        y_err = combine(tab.m_err, us)
+        f1 = term.call(times[-1], y1)
+        new_state = RosenbrockState(
+            jac=jac,
+            f_t=f_t,
+            current=torch.ones_like(state.current),
+            n_jac=state.n_jac + stale,
+            n_lu=state.n_lu + 1,
+        )
+        return StepResult(
+            y1=y1, f1=f1, y_err=y_err, y_err_low=None, ks=us, f0=f0, state=new_state, failed=fact.singular
+        )
+
+    def commit(self, old: RosenbrockState, new: RosenbrockState, accept: torch.Tensor, running: torch.Tensor):
+        # After an accepted step y has moved: the Jacobian must be re-evaluated there.
+        return new._replace(
+            current=~accept,
+            n_jac=torch.where(running, new.n_jac, old.n_jac),
+            n_lu=torch.where(running, new.n_lu, old.n_lu),
+        )
+
+    def statistics(self, state: RosenbrockState) -> dict[str, torch.Tensor]:
+        return {"n_jac_evals": state.n_jac, "n_lu_decompositions": state.n_lu}
+
+    def error_ratio(self, step: StepResult, y0, rtol, atol) -> torch.Tensor:
+        scale = torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))
+        return rms_norm(step.y_err / scale)
+
+    def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        tab = self.tableau
+        if tab.dense is None:
+            return hermite_coefficients(per_sample(dt, y0), y0, step.y1, step.f0, step.f1)
+        # (1 − θ) y0 + θ (y1 + (1 − θ)(h_1 + θ h_2 + ...)) in powers of θ.
+        hs = [combine(row, step.ks) for row in tab.dense]
+        coefs = [y0, step.y1 - y0 + hs[0]]
+        coefs += [hs[k] - hs[k - 1] for k in range(1, len(hs))]
+        coefs.append(-hs[-1])
+        return torch.stack(coefs, dim=-1)
