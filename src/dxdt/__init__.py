@@ -11,14 +11,20 @@ from .controllers import ConstantStepController as ConstantStepController
 from .controllers import IController as IController
 from .controllers import PIController as PIController
 from .solvers import RK4 as RK4
+from .solvers import AutoSwitch as AutoSwitch
 from .solvers import Bosh3 as Bosh3
 from .solvers import Dopri5 as Dopri5
 from .solvers import Dopri8 as Dopri8
 from .solvers import Euler as Euler
 from .solvers import ExplicitRungeKutta as ExplicitRungeKutta
 from .solvers import Heun as Heun
+from .solvers import Kvaerno3 as Kvaerno3
+from .solvers import Kvaerno4 as Kvaerno4
+from .solvers import Kvaerno5 as Kvaerno5
 from .solvers import Midpoint as Midpoint
 from .solvers import Ralston as Ralston
+from .solvers import Rodas4 as Rodas4
+from .solvers import Rodas5P as Rodas5P
 from .solvers import Tsit5 as Tsit5
 from .solvers import Vern7 as Vern7
 
@@ -26,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "RK4",
+    "AutoSwitch",
     "Bosh3",
     "ButcherTableau",
     "ConstantStepController",
@@ -35,9 +42,14 @@ __all__ = [
     "ExplicitRungeKutta",
     "Heun",
     "IController",
+    "Kvaerno3",
+    "Kvaerno4",
+    "Kvaerno5",
     "Midpoint",
     "PIController",
     "Ralston",
+    "Rodas4",
+    "Rodas5P",
     "SaveAt",
     "Solution",
     "SolveError",

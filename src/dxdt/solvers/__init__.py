@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from .auto_switch import AutoSwitch as AutoSwitch
 from .base import AbstractSolver as AbstractSolver
 from .base import StepResult as StepResult
+from .dirk import DIRK as DIRK
 from .explicit_methods import RK4, Bosh3, Dopri5, Dopri8, Euler, Heun, Midpoint, Ralston, Tsit5, Vern7
 from .explicit_rk import ExplicitRungeKutta as ExplicitRungeKutta
+from .rosenbrock import Rosenbrock as Rosenbrock
+from .stiff_methods import Kvaerno3, Kvaerno4, Kvaerno5, Rodas4, Rodas5P
 
 SOLVERS: dict[str, type[AbstractSolver]] = {
     "euler": Euler,
@@ -18,6 +22,12 @@ SOLVERS: dict[str, type[AbstractSolver]] = {
     "tsit5": Tsit5,
     "dopri8": Dopri8,
     "vern7": Vern7,
+    "rodas4": Rodas4,
+    "rodas5p": Rodas5P,
+    "kvaerno3": Kvaerno3,
+    "kvaerno4": Kvaerno4,
+    "kvaerno5": Kvaerno5,
+    "auto": AutoSwitch,
 }
 
 
@@ -33,17 +43,25 @@ def get_solver(solver: str | AbstractSolver) -> AbstractSolver:
 
 
 __all__ = [
+    "DIRK",
     "RK4",
     "SOLVERS",
     "AbstractSolver",
+    "AutoSwitch",
     "Bosh3",
     "Dopri5",
     "Dopri8",
     "Euler",
     "ExplicitRungeKutta",
     "Heun",
+    "Kvaerno3",
+    "Kvaerno4",
+    "Kvaerno5",
     "Midpoint",
     "Ralston",
+    "Rodas4",
+    "Rodas5P",
+    "Rosenbrock",
     "StepResult",
     "Tsit5",
     "Vern7",

@@ -1,9 +1,9 @@
 """Batched Jacobians and LU factorizations for the implicit solvers.
 
 Per-sample mode: ``J`` is ``(B, N, N)`` with ``N = prod(S)``: each sample's own Jacobian, obtained from ``N``
-Jacobian-vector products of the batched ``f`` (samples are independent, so one tangent per state component,
-replicated across the batch, gives every sample's column at once). Joint mode is a batch of one whose state is
-the whole batch, so ``J`` is the one dense Jacobian of the joint system.
+vector-Jacobian products of the batched ``f`` (samples are independent, so one cotangent per state component,
+replicated across the batch, gives every sample's row at once; ``is_grads_batched`` runs them together). Joint
+mode is a batch of one whose state is the whole batch, so ``J`` is the one dense Jacobian of the joint system.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ def _basis(y: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian(
-    term: Term, t: torch.Tensor, y: torch.Tensor, spec: JacobianSpec, with_time: bool
+    term: Term, t: torch.Tensor, y: torch.Tensor, spec: JacobianSpec, with_time: bool, create_graph: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-sample ``∂f/∂y`` as ``(B, N, N)`` and, if ``with_time``, ``∂f/∂t`` shaped like ``y``.
 
     Args:
         t: times already in the shape and dtype ``f`` receives (see :meth:`Term.call`).
-        spec: ``"autodiff"`` (``torch.func`` forward mode), ``"fd"`` (forward differences, ``N + 1`` calls
+        spec: ``"autodiff"`` (reverse-mode autograd), ``"fd"`` (forward differences, ``N + 1`` calls
             of ``f``), or a callable ``jac(t, y[, args])`` returning ``(B, N, N)``.
+        create_graph: keep the Jacobian on the autograd graph (exact backpropagation through a Rosenbrock
+            step needs it; it costs second derivatives of ``f``).
     """
     batch, n = y.shape[0], y[0].numel()
     f_t = None
@@ -55,18 +57,34 @@ def jacobian(
         return jac.to(y.dtype), f_t
     if spec == "fd":
         return _jacobian_fd(term, t, y), _time_derivative_fd(term, t, y) if with_time else None
-    try:
-        columns = torch.func.vmap(lambda v: torch.func.jvp(lambda z: term.call(t, z), (y,), (v,))[1])(_basis(y))
-        if with_time:
-            f_t = torch.func.jvp(lambda s: term.call(s, y), (t,), (torch.ones_like(t),))[1]
-    except (RuntimeError, TypeError, NotImplementedError) as err:
-        raise NotDifferentiableError(
-            f"the implicit solver could not differentiate f with torch.func ({type(err).__name__}: {err}). "
-            "Pass jac='fd' to use finite differences, or jac=callable(t, y[, args]) returning the (B, N, N) "
-            "Jacobian; or make f functional (no in-place updates of y, no .item() or Python branching on values)."
-        ) from err
-    # columns: (N_in, B, *S) -> (B, N_out, N_in)
-    return columns.reshape(n, batch, n).permute(1, 2, 0), f_t
+    return _jacobian_autodiff(term, t, y, with_time, create_graph)
+
+
+def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: bool, create_graph: bool):
+    """Reverse mode, all rows at once (``is_grads_batched``): fast for small and large ``N`` alike."""
+    batch, n = y.shape[0], y[0].numel()
+    with torch.enable_grad():
+        y_in = y if create_graph and y.requires_grad else y.detach().requires_grad_(True)
+        t_in = t.detach().requires_grad_(True) if with_time else t
+        out = term.call(t_in, y_in)
+        if out.grad_fn is None:
+            raise NotDifferentiableError(
+                "the implicit solver could not differentiate f with autograd (its output has no gradient with "
+                "respect to y). Pass jac='fd' to use finite differences, or jac=callable(t, y[, args]) returning "
+                "the (B, N, N) Jacobian."
+            )
+        rows = torch.eye(n, dtype=y.dtype, device=y.device).reshape(n, 1, *out.shape[1:]).expand(n, *out.shape)
+        inputs = (y_in, t_in) if with_time else (y_in,)
+        grads = torch.autograd.grad(
+            out, inputs, rows, is_grads_batched=True, create_graph=create_graph, allow_unused=True
+        )
+    jac = torch.zeros(batch, n, n, dtype=y.dtype, device=y.device) if grads[0] is None else grads[0]
+    jac = jac.reshape(n, batch, n).transpose(0, 1)  # (B, N_out, N_in)
+    f_t = None
+    if with_time:
+        g_t = grads[1]
+        f_t = torch.zeros_like(y) if g_t is None else g_t.reshape(n, batch).T.reshape(y.shape)
+    return jac, f_t
 
 
 def _fd_step(y: torch.Tensor) -> torch.Tensor:

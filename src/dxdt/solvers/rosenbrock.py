@@ -67,7 +67,8 @@ class Rosenbrock(AbstractSolver):
         # The Jacobian is needed wherever it is not already at the current point (after an accepted step).
         stale = ~state.current
         if bool(stale.any()):
-            jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True)
+            grad = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
+            jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True, create_graph=grad)
             jac = torch.where(stale[:, None, None], jac_new, state.jac)
             f_t = torch.where(stale.reshape((-1,) + (1,) * (y.ndim - 1)), f_t_new, state.f_t)
         else:
