@@ -98,7 +98,13 @@ class ButcherTableau:
 
     @property
     def error_order(self) -> int:
-        """The order that sets the controller's exponent: ``min(order, embedded_order)``."""
+        """The order that sets the controller's exponent: ``min(order, embedded_order)``.
+
+        DOP853's combined estimate ``e5² / sqrt(e5² + 0.01 e3²)`` scales like ``dt^8`` (``e5 ~ dt^6``,
+        ``e3 ~ dt^4``), so its controller uses ``order - 1 = 7`` as Hairer's dop853.f and scipy do.
+        """
+        if self.b_err_low is not None:
+            return self.order - 1
         if self.embedded_order is None:
             return self.order
         return min(self.order, self.embedded_order)
