@@ -417,3 +417,29 @@ def test_tuple_state_matches_torchdiffeq(method):
 def test_default_method_is_dopri5():
     f, y0, t, _ = construct_problem("sine")
     torch.testing.assert_close(odeint(f, y0, t), odeint(f, y0, t, method="dopri5"), rtol=0, atol=0)
+
+
+def test_dopri5_reproduces_torchdiffeq_float64():
+    """Same tableau, error weights (Shampine's), controller, overshoot and interpolant as torchdiffeq's dopri5:
+    the loss agrees to rounding; gradients differ only by torchdiffeq's differentiable initial step size."""
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 2)).double()
+    y0, target = torch.randn(64, 2, dtype=torch.float64), torch.randn(64, 2, dtype=torch.float64)
+    results = []
+    for fn in (odeint, torchdiffeq.odeint):
+        net.zero_grad()
+        calls = []
+
+        def f(t, y, calls=calls):
+            calls.append(1)
+            return net(y)
+
+        y = fn(f, y0, torch.tensor([0.0, 5.0], dtype=torch.float64), rtol=1e-3, atol=1e-5, method="dopri5")
+        loss = ((y[-1] - target) ** 2).mean()
+        loss.backward()
+        results.append((loss.detach(), torch.cat([p.grad.flatten() for p in net.parameters()]), len(calls)))
+    (loss_d, grad_d, n_d), (loss_t, grad_t, n_t) = results
+    assert n_d == n_t
+    torch.testing.assert_close(loss_d, loss_t, rtol=1e-12, atol=0)
+    assert ((grad_d - grad_t).norm() / grad_t.norm()).item() < 1e-5

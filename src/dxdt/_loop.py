@@ -64,6 +64,7 @@ def integrate(
     stops: torch.Tensor | None,
     record: bool,
     step_past_t1: bool = False,
+    compile: bool = False,
 ) -> LoopResult:
     """Integrate every sample of ``y0`` from ``t0`` to ``t1`` (float64 ``(B,)`` each).
 
@@ -73,6 +74,7 @@ def integrate(
         record: keep every step (for dense output, interpolated save times, or saving every step).
         step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics); the caller
             interpolates back to t1. Requires ``stops is None``.
+        compile: run each attempted step (stages, error estimate) as one ``torch.compile``d function.
     """
     batch = y0.shape[0]
     device = y0.device
@@ -105,6 +107,7 @@ def integrate(
     retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
     single_stop = stop_tau.shape[1] == 1
     state = solver.init_state(term, t0, y0, f0)
+    attempt = _compiled_attempt() if compile else _attempt
     running_history: list[torch.Tensor] = []
     accept_history: list[torch.Tensor] = []
     extra_history: list[torch.Tensor] = []
@@ -133,8 +136,7 @@ def integrate(
             dt_signed = direction * dt_try
             t_new = torch.where(lands, stop, t + dt_signed)
 
-        step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)
-        err, bad = _assess(solver, step, y, rtol, atol)
+        step, err, bad = attempt(solver, term, t, dt_signed, y, f, state, rtol, atol)
         if (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
             # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
             # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
@@ -206,6 +208,23 @@ def integrate(
         records=StepRecords.stack(rows) if rows else None,
         solver_stats=solver.statistics(state),
     )
+
+
+def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol):
+    """One attempted step for every sample, with its error ratio and which samples' steps are unusable."""
+    step = solver.step(term, t, dt, y, f, state, rtol, atol)
+    err, bad = _assess(solver, step, y, rtol, atol)
+    return step, err, bad
+
+
+_COMPILED: list = []
+
+
+def _compiled_attempt():
+    """``_attempt`` compiled once per process; dynamo guards (solver, f, shapes, dtypes) decide recompiles."""
+    if not _COMPILED:
+        _COMPILED.append(torch.compile(_attempt, dynamic=False))
+    return _COMPILED[0]
 
 
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):

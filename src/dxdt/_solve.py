@@ -37,6 +37,7 @@ def solve(
     controller: Literal["pi", "i"] | AbstractController = "pi",
     batch_mode: Literal["per_sample", "joint"] = "per_sample",
     step_past_t1: bool = False,
+    compile: bool = False,
     throw: bool = True,
 ) -> Solution:
     """Solve the ODE ``dy/dt = f(t, y[, args])`` from ``t0`` to ``t1`` for a batch of initial states.
@@ -68,6 +69,10 @@ def solve(
         step_past_t1: let the last step overshoot ``t1`` and interpolate back (torchdiffeq's semantics:
             one step fewer, but ``f`` is evaluated beyond ``t1``). Adaptive methods only; not with
             ``SaveAt(steps=True)``.
+        compile: compile each attempted step (all stages and the error estimate) with ``torch.compile``:
+            the first solve pays seconds to minutes of compilation; later solves with the same ``f``,
+            solver, shapes and dtypes reuse it and run the step as fused kernels (about 3× faster for a
+            batch of 1024 Van der Pol oscillators on CPU). Loop control stays in Python.
         throw: raise :class:`SolveError` if any sample fails (default); with ``False`` the solution is
             returned with per-sample ``status``.
 
@@ -147,6 +152,7 @@ def solve(
         stops=ts.detach() if clip else None,
         record=ts is not None or save.steps or save.dense or step_past_t1,
         step_past_t1=step_past_t1,
+        compile=compile,
     )
     dense = DenseSolution(result.records, t0.detach(), result.t, direction, y_loop)
     success = result.status == Status.SUCCESS

@@ -8,13 +8,14 @@ shape or a tuple of tensors, a 1-D ``t`` whose first entry is the initial time, 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-from .. import ButcherTableau, Euler, ExplicitRungeKutta, Midpoint, SaveAt, solve
+from .. import ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Midpoint, PIController, SaveAt, solve
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -34,9 +35,61 @@ RK4_38 = ButcherTableau(
     reference="Kutta (1901); Hairer, Nørsett & Wanner, Solving ODEs I (1993), Table II.1.2 (right)",
 )
 
-# torchdiffeq method name -> dxdt solver name (adaptive methods) or tableau (fixed-grid methods).
-ADAPTIVE_METHODS: dict[str, str] = {
-    "dopri5": "dopri5",
+# torchdiffeq's "dopri5" estimates its error with Shampine's alternative embedded weights (b_hat ending in
+# 1/60, its _DORMAND_PRINCE_SHAMPINE_TABLEAU), not Dormand and Prince's (ending in 1/40, as in dopri5.f,
+# scipy and dxdt's "dopri5"). Same solution, different step sizes; the compat layer uses torchdiffeq's.
+_B_HAT_SHAMPINE = (1951 / 21600, 0.0, 22642 / 50085, 451 / 720, -12231 / 42400, 649 / 6300, 1 / 60)
+# Its dense output is the quartic through y0, y1, the slopes f0 = k1, f1 = k7, and Shampine's midpoint value
+# y0 + dt Σ m_i k_i (torchdiffeq's _interp_fit with DPS_C_MID); in stage weights per power of θ:
+_MID = tuple(
+    w / 2
+    for w in (
+        6025192743 / 30085553152, 0.0, 51252292925 / 65400821598, -2691868925 / 45128329728,
+        187940372067 / 1594534317056, -1776094331 / 19743644256, 11237099 / 235043384,
+    )
+)  # fmt: skip
+
+
+def _quartic_rows(b: tuple[float, ...], m: tuple[float, ...]) -> tuple[tuple[float, ...], ...]:
+    e1 = (1.0, 0, 0, 0, 0, 0, 0.0)
+    e7 = (0.0, 0, 0, 0, 0, 0, 1.0)
+    powers = [  # coefficients of θ, θ², θ³, θ⁴ as combinations of (e1, e7, b, m)
+        (1, 0, 0, 0),
+        (-4, 1, -5, 16),
+        (5, -3, 14, -32),
+        (-2, 2, -8, 16),
+    ]
+    per_power = [
+        [c1 * x + c7 * z + cb * bi + cm * mi for x, z, bi, mi in zip(e1, e7, b, m)] for c1, c7, cb, cm in powers
+    ]
+    return tuple(tuple(row[i] for row in per_power) for i in range(len(b)))
+
+
+DOPRI5_SHAMPINE = dataclasses.replace(
+    Dopri5.tableau,
+    name="Dopri5 (torchdiffeq: Shampine's error estimate and midpoint interpolant)",
+    b_err=tuple(b - bh for b, bh in zip(Dopri5.tableau.b, _B_HAT_SHAMPINE)),
+    dense=_quartic_rows(Dopri5.tableau.b, _MID),
+    reference=Dopri5.tableau.reference + "; error weights and dense output: Shampine (1986), as in torchdiffeq",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchdiffeqController(PIController):
+    """torchdiffeq's step-size rule: ``dt · clip(0.9 · err^(−1/k), 0.2, 10)`` (an I controller), except
+    that an accepted step never shrinks the next one (its ``dfactor`` is 1 when ``err < 1``)."""
+
+    beta1: float = 1.0
+    beta2: float = 0.0
+
+    def propose(self, dt, err, err_prev, accept, error_order):
+        dt_new, err_prev = super().propose(dt, err, err_prev, accept, error_order)
+        return torch.where(accept, torch.maximum(dt_new, dt), dt_new), err_prev
+
+
+# torchdiffeq method name -> dxdt solver (adaptive methods) or tableau (fixed-grid methods).
+ADAPTIVE_METHODS: dict[str, Any] = {
+    "dopri5": ExplicitRungeKutta(DOPRI5_SHAMPINE),
     "dopri8": "dopri8",
     "tsit5": "tsit5",
     "bosh3": "bosh3",
@@ -225,7 +278,7 @@ def _solve_adaptive(
         atol=atol,
         dt0=opts.get("first_step"),
         **({"max_steps": opts["max_num_steps"]} if "max_num_steps" in opts else {}),  # else dxdt's default
-        controller="i",  # torchdiffeq's controller: dt * clip(0.9 * err^(-1/(q+1)), 0.2, 10)
+        controller=TorchdiffeqController(),
         batch_mode="joint",
         step_past_t1=method in _STEP_PAST_T1,
     )
