@@ -6,9 +6,15 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow lint bench clean
+.PHONY: demo demo-vdp test test-slow lint bench clean
 
+# Fit an SIR model to the bundled 1978 boarding-school influenza outbreak, with intervals and a 7-day forecast.
 demo: $(VENV)/.installed
+	$(BIN)/dxdt fit boarding_school_influenza_1978 --model sir --time day --observe I=in_bed --population 763 \
+		--forecast 7 --plot influenza_fit.png
+
+# 64 Van der Pol oscillators, each with its own adaptive steps.
+demo-vdp: $(VENV)/.installed
 	$(BIN)/python examples/van_der_pol_batch.py --out van_der_pol.png
 
 test: $(VENV)/.installed

@@ -59,3 +59,15 @@ __all__ = [
     "Vern7",
     "solve",
 ]
+
+
+_SUBMODULES = ("compat", "fit", "models", "optim", "plot")
+
+
+def __getattr__(name: str):
+    """Submodules load on first use (``dxdt.fit``, ``dxdt.models``, ...), keeping ``import dxdt`` light."""
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module 'dxdt' has no attribute {name!r}")

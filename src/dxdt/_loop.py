@@ -231,7 +231,8 @@ def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, a
     """The step's error ratio (float64 ``(B,)``) and which samples' steps are unusable (NaN/inf or failed)."""
     with torch.no_grad():
         if solver.adaptive:
-            err = solver.error_ratio(step, y.detach(), rtol, atol).to(torch.float64)
+            # detach(): no_grad stops reverse mode only; forward-mode tangents must not reach dt either.
+            err = solver.error_ratio(step, y.detach(), rtol, atol).detach().to(torch.float64)
             bad = ~(err < math.inf)  # one kernel: NaN and inf
         else:
             err = torch.zeros(y.shape[0], dtype=torch.float64, device=y.device)

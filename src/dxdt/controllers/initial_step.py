@@ -35,4 +35,6 @@ def initial_step_size(
         )
         dt = torch.minimum(100 * h0, h1)
         # A NaN here (f non-finite at t0) is caught by the loop's finiteness checks; keep dt usable.
+        # detach(): no_grad does not stop forward-mode tangents, and step sizes are never differentiated.
+        dt = dt.detach()
         return torch.where(torch.isfinite(dt) & (dt > 0), dt, torch.full_like(dt, 1e-6))

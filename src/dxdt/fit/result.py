@@ -1,0 +1,520 @@
+"""What a fit returns: estimates with uncertainty, goodness of fit, convergence, profiles and forecasts."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ._problem import Problem, coarse_options
+from ._stats import normal_quantile, t_quantile
+from .observe import Incidence
+from .optimizers import levenberg_marquardt
+
+__all__ = ["Estimate", "FitResult", "Forecast"]
+
+
+@dataclass
+class Estimate:
+    """A point estimate with its standard error and interval (``nan`` where not available)."""
+
+    value: float
+    se: float = math.nan
+    lower: float = math.nan
+    upper: float = math.nan
+    unit: str = ""
+
+    def to_dict(self) -> dict[str, float | str]:
+        return {"estimate": self.value, "se": self.se, "lower": self.lower, "upper": self.upper, "unit": self.unit}
+
+
+@dataclass
+class Forecast:
+    """Predictions with bands, from :meth:`FitResult.forecast`.
+
+    Attributes:
+        times: ``(T,)`` the observation times followed by the forecast times.
+        names: the observed series.
+        mean: ``(T, K)`` predicted means at the estimates.
+        mean_lower, mean_upper: band of the mean from parameter uncertainty alone (``level``).
+        lower, upper: prediction interval for new observations: parameter uncertainty and observation noise.
+        future: ``(T,)`` bool, the times after the last observation.
+        regular: ``(T,)`` bool, the observation and forecast times (not the intermediate plotting points).
+        level: coverage of the bands.
+        parameter_uncertainty: whether parameters were sampled (needs a covariance and per-sample parameters).
+        n_samples: samples behind the bands.
+    """
+
+    times: torch.Tensor
+    names: list[str]
+    mean: torch.Tensor
+    mean_lower: torch.Tensor
+    mean_upper: torch.Tensor
+    lower: torch.Tensor
+    upper: torch.Tensor
+    future: torch.Tensor
+    regular: torch.Tensor
+    level: float
+    parameter_uncertainty: bool
+    n_samples: int
+
+    def table(self, only_future: bool = True) -> str:
+        pct = f"{100 * self.level:g}%"
+        rows = [
+            i for i in range(len(self.times)) if bool(self.regular[i]) and (bool(self.future[i]) or not only_future)
+        ]
+        lines = []
+        for k, name in enumerate(self.names):
+            lines.append(f"{'time':>8}  {name + ' mean':>14}  {pct + ' band of mean':>22}  {pct + ' prediction':>22}")
+            for i in rows:
+                band = f"[{_g(self.mean_lower[i, k])}, {_g(self.mean_upper[i, k])}]"
+                pred = f"[{_g(self.lower[i, k])}, {_g(self.upper[i, k])}]"
+                lines.append(f"{_g(self.times[i]):>8}  {_g(self.mean[i, k]):>14}  {band:>22}  {pred:>22}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        keep = self.regular
+        out: dict[str, Any] = {
+            "level": self.level,
+            "times": self.times[keep].tolist(),
+            "future": self.future[keep].tolist(),
+            "parameter_uncertainty": self.parameter_uncertainty,
+            "n_samples": self.n_samples,
+        }
+        for k, name in enumerate(self.names):
+            out[name] = {
+                "mean": self.mean[keep, k].tolist(),
+                "mean_lower": self.mean_lower[keep, k].tolist(),
+                "mean_upper": self.mean_upper[keep, k].tolist(),
+                "lower": self.lower[keep, k].tolist(),
+                "upper": self.upper[keep, k].tolist(),
+            }
+        return out
+
+
+def _g(x: Any, digits: int = 5) -> str:
+    x = float(x)
+    if math.isnan(x):
+        return "-"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.{digits}g}"
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`dxdt.fit.fit`.
+
+    Attributes:
+        params: estimates of the model parameters (fixed ones included, with ``se = 0``), by name.
+        initial: estimated initial states (``"I0"``) and, with multiple shooting, segment states.
+        derived: derived quantities such as ``R0``, with delta-method intervals (log scale when positive).
+        noise: the noise model; ``noise_params`` its estimated nuisance parameters (``sigma`` or ``k``).
+        objective: the minimised objective (Gaussian: ``SSR / 2``; counts: negative log-likelihood).
+        ssr: sum of squared residuals of the data. ``loglik``, ``aic``, ``bic``, ``rmse``: goodness of fit.
+        n_obs, n_free, dof: observations, estimated unknowns, residual degrees of freedom.
+        converged, message, n_iter, n_solves, elapsed: convergence information.
+        starts: the objective reached from every start (multi-start).
+        fitted: ``(T, K)`` predicted means at the observation times; ``residuals = data - fitted``.
+        cov: covariance of the free unknowns on their internal scale (log for positive parameters), or ``None``.
+        profile_ci: profile-likelihood intervals, filled by :meth:`profile`.
+    """
+
+    model: Any
+    problem: Problem
+    names: list[str]
+    u: torch.Tensor
+    aux: torch.Tensor | None
+    cov: torch.Tensor | None
+    scale2: float
+    level: float
+    params: dict[str, Estimate]
+    initial: dict[str, Estimate]
+    derived: dict[str, Estimate]
+    noise_params: dict[str, float]
+    objective: float
+    ssr: float
+    loglik: float
+    aic: float
+    bic: float
+    rmse: float
+    n_obs: int
+    n_free: int
+    dof: int
+    converged: bool
+    message: str
+    n_iter: int
+    n_solves: int
+    elapsed: float
+    optimizer: str
+    starts: list[float]
+    fitted: torch.Tensor
+    observed: list[str]
+    identifiable: bool = True
+    profile_ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    profile_elapsed: float = 0.0
+
+    # --- convenience ---
+
+    @property
+    def residuals(self) -> torch.Tensor:
+        return self.problem.data - self.fitted
+
+    @property
+    def times(self) -> torch.Tensor:
+        return self.problem.times
+
+    @property
+    def data(self) -> torch.Tensor:
+        return self.problem.data
+
+    def quantile(self) -> float:
+        """The two-sided quantile behind the intervals: Student's t with ``dof`` when a dispersion is estimated
+        (Gaussian, log-normal, negative binomial), else normal."""
+        p = 0.5 + self.level / 2
+        return t_quantile(p, self.dof) if self.problem.noise.t_intervals and self.dof >= 1 else normal_quantile(p)
+
+    def __getitem__(self, name: str) -> Estimate:
+        for table in (self.params, self.derived, self.initial):
+            if name in table:
+                return table[name]
+        raise KeyError(f"no estimate named {name!r}; have {', '.join([*self.params, *self.derived, *self.initial])}")
+
+    # --- profile likelihood ---
+
+    def profile(self, names: list[str] | None = None, *, tol: float = 0.02, max_rounds: int = 8) -> dict[str, tuple]:
+        """Profile-likelihood intervals for free parameters (default: every free model parameter).
+
+        For each parameter and side, the other unknowns are re-optimised with it held at trial values (all
+        branches batched into one solve per iteration); a secant search on the signed root of the likelihood
+        ratio finds where it crosses the threshold: ``F(1, dof)`` (``t²``) when σ is estimated, ``χ²₁`` for
+        count noise. An endpoint the likelihood never reaches is reported as the parameter's bound (``0`` or
+        ``inf`` for positive parameters). Needs a model with per-sample parameters (a mechanistic model).
+
+        Returns:
+            ``{name: (lower, upper)}``, also stored in :attr:`profile_ci`.
+        """
+        start = time.perf_counter()
+        problem = self.problem
+        if self.cov is None:
+            raise ValueError("profile likelihood needs the covariance of the estimates (it seeds the search)")
+        if not problem.batchable:
+            raise ValueError("profile likelihood needs per-sample parameters (a MechanisticModel)")
+        model_free = [n for n in self.names if n in self.params]
+        names = model_free if names is None else list(names)
+        for n in names:
+            if n not in self.names:
+                raise ValueError(f"cannot profile {n!r}: not a free parameter (free: {', '.join(self.names)})")
+        if not names:
+            return {}
+        q = self.quantile()
+        threshold = q * q  # F(1, dof) = t², or χ²₁ = z²
+        scale = self.scale2  # the dispersion: σ̂² (F test), the Pearson factor, or 1 (likelihood ratio)
+        # The profile is located to within `tol` of the threshold, far coarser than the solver's accuracy: the
+        # searches run on loose solves, against the optimum's objective at the same tolerance.
+        saved = problem.solve_options
+        problem.solve_options = coarse_options(saved) or saved
+        try:
+            return self._profile(names, q, threshold, scale, tol, max_rounds, start)
+        finally:
+            problem.solve_options = saved
+
+    def _profile(self, names, q, threshold, scale, tol, max_rounds, start):
+        problem = self.problem
+        with torch.no_grad():
+            ev = problem.evaluate(self.u)
+            f_hat = float(problem.objective(ev, self.aux)[0])
+        cov, u_hat = self.cov, self.u[0]
+        cols = [self.names.index(n) for n in names]
+        branches = [(j, side) for j in cols for side in (-1.0, 1.0)]
+        nb = len(branches)
+        se = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
+        h = torch.tensor([q * float(se[j]) for j, _ in branches], dtype=torch.float64)
+        pts: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in branches]
+        done = [False] * nb
+        result_h = [math.inf] * nb
+        warm = None
+        for _ in range(max_rounds):
+            todo = [b for b in range(nb) if not done[b]]
+            if not todo:
+                break
+            rows, free = [], []
+            for b in todo:
+                j, side = branches[b]
+                shift = side * float(h[b])
+                # Start from the linear prediction of the other unknowns along the profile (or the last point).
+                base = u_hat + cov[:, j] / cov[j, j] * shift if warm is None or warm[b] is None else warm[b]
+                row = base.clone()
+                row[j] = u_hat[j] + shift
+                rows.append(row)
+                mask = torch.ones(len(self.names), dtype=torch.bool)
+                mask[j] = False
+                free.append(mask)
+            opt = levenberg_marquardt(
+                problem,
+                torch.stack(rows),
+                aux0=_rows(self.aux, len(todo)),
+                free=torch.stack(free),
+                max_iter=40,
+                ftol=1e-5,
+            )
+            warm = warm or [None] * nb
+            for i, b in enumerate(todo):
+                f_p = float(opt.objective[i])
+                if not math.isfinite(f_p):  # the solve failed out there: come back halfway
+                    h[b] = 0.5 * h[b]
+                    continue
+                warm[b] = opt.u[i].clone()
+                stat = max(2.0 * (f_p - f_hat) / scale, 0.0)
+                r = math.sqrt(stat)
+                pts[b].append((float(h[b]), r))
+                target = math.sqrt(threshold)
+                if abs(stat - threshold) <= tol * threshold:
+                    done[b], result_h[b] = True, float(h[b])
+                    continue
+                (h1, r1), (h2, r2) = pts[b][-2], pts[b][-1]
+                new = h2 + (target - r2) * (h2 - h1) / (r2 - r1) if r2 != r1 else 2 * h2
+                new = min(max(new, 0.25 * h2), 4.0 * h2)  # keep the secant from jumping too far either way
+                if new > 60 * float(se[branches[b][0]]) + 50:  # the profile stays flat: no finite endpoint
+                    done[b], result_h[b] = True, math.inf
+                    continue
+                h[b] = new
+        out: dict[str, tuple[float, float]] = {}
+        for j, n in zip(cols, names):
+            unk = problem.unknowns[problem.free[j]]
+            ends = []
+            for side in (-1.0, 1.0):
+                b = branches.index((j, side))
+                hb = result_h[b] if done[b] else float(h[b])
+                if math.isinf(hb):
+                    lo_b, hi_b = unk.transform.bounds
+                    ends.append(lo_b if side < 0 else hi_b)
+                else:
+                    ends.append(float(unk.transform.forward(torch.tensor(float(u_hat[j]) + side * hb))))
+            out[n] = (ends[0], ends[1])
+        self.profile_ci.update(out)
+        self.profile_elapsed += time.perf_counter() - start
+        return out
+
+    # --- predictions ---
+
+    def predict(self, times: torch.Tensor) -> torch.Tensor:
+        """Predicted means ``(T, K)`` at ``times`` (after the start of the last shooting segment)."""
+        times = torch.as_tensor(times, dtype=torch.float64)
+        seg = self.problem.segments.n - 1
+        with torch.no_grad():
+            ev = self.problem.evaluate(self.u, times=times, from_segment=seg)
+        return ev.mu[0]
+
+    def forecast(
+        self,
+        horizon: float,
+        *,
+        step: float | None = None,
+        n_samples: int = 1000,
+        level: float = 0.95,
+        seed: int = 0,
+        resolution: int = 1,
+    ) -> Forecast:
+        """Predict ``horizon`` time units past the last observation, with bands.
+
+        Parameters are drawn from the Laplace approximation (normal on the internal scale, with the fit's
+        covariance; the negative-binomial ``k`` on the log scale too), all draws solved as one batch; then
+        observation noise is drawn from the noise model. ``mean_lower/upper`` is the band of the mean
+        (parameter uncertainty only); ``lower/upper`` the prediction interval for new observations.
+
+        Args:
+            horizon: how far past the last observation time.
+            step: spacing of forecast times (default: the median spacing of the observations).
+            n_samples: parameter draws.
+            level: coverage of the bands.
+            seed: seeds the draws.
+            resolution: points per step (``> 1`` adds intermediate times for smooth plots; not for incidence).
+        """
+        if not horizon >= 0:
+            raise ValueError(f"horizon must be >= 0; got {horizon}")
+        if not 0 < level < 1:
+            raise ValueError(f"level must be in (0, 1); got {level}")
+        problem = self.problem
+        times = problem.times
+        seg = problem.segments.n - 1
+        if step is None:
+            step = float(torch.median(torch.diff(times))) if len(times) > 1 else max(horizon, 1.0)
+        if not step > 0:
+            raise ValueError(f"step must be positive; got {step}")
+        if resolution < 1 or int(resolution) != resolution:
+            raise ValueError(f"resolution must be a positive int; got {resolution}")
+        if resolution > 1 and any(isinstance(o, Incidence) for o in problem.observations):
+            raise ValueError("incidence is defined per observation interval: forecast it with resolution=1")
+        n_future = math.floor(horizon / step + 1e-9)
+        future = times[-1] + step * torch.arange(1, n_future + 1, dtype=torch.float64)
+        grid = torch.cat([times, future])
+        regular_times = grid
+        if resolution > 1:  # intermediate points between the regular ones, for smooth bands in plots
+            start_t = torch.tensor([problem.t0], dtype=torch.float64)
+            edges = torch.cat([start_t, grid])
+            frac = torch.arange(1, resolution, dtype=torch.float64) / resolution
+            extra = (edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * frac).reshape(-1)
+            grid = torch.sort(torch.cat([grid, extra])).values
+        if seg > 0:
+            grid = grid[grid > problem.segments.t0[seg]]
+        regular = torch.isin(grid, regular_times)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            mean = problem.evaluate(self.u, times=grid, from_segment=seg).mu[0]
+            sample_params = self.cov is not None and problem.batchable and n_samples > 1
+            if sample_params:
+                chol = _psd_sqrt(self.cov)
+                z = torch.randn(n_samples, self.u.shape[1], generator=gen, dtype=torch.float64)
+                us = self.u + z @ chol.T
+                ev = problem.evaluate(us, times=grid, from_segment=seg)
+                mus = ev.mu[ev.ok]
+            else:
+                mus = mean.unsqueeze(0).expand(max(n_samples, 1), -1, -1)
+            aux = None
+            if self.aux is not None:
+                var = problem.noise.aux_log_variance(
+                    problem.y_flat(), self.fitted.reshape(1, -1), problem.mask_flat(), self.aux
+                )
+                sd = float(var.sqrt()) if var is not None and bool(torch.isfinite(var).all()) else 0.0
+                log_k = math.log(float(self.aux)) + sd * torch.randn(mus.shape[0], generator=gen, dtype=torch.float64)
+                aux = log_k.exp().clamp(1e-3, 1e6)[:, None, None].expand_as(mus)
+            sigma2 = self.scale2 if problem.noise.has_scale else 1.0
+            noisy = problem.noise.sample(mus, aux, torch.tensor(sigma2, dtype=torch.float64), gen)
+        alpha = (1 - level) / 2
+        qs = torch.tensor([alpha, 1 - alpha], dtype=torch.float64)
+        band = torch.quantile(mus, qs, dim=0)
+        pred = torch.quantile(noisy, qs, dim=0)
+        return Forecast(
+            times=grid,
+            names=list(self.observed),
+            mean=mean,
+            mean_lower=band[0],
+            mean_upper=band[1],
+            lower=pred[0],
+            upper=pred[1],
+            future=grid > times[-1],
+            regular=regular,
+            level=level,
+            parameter_uncertainty=sample_params,
+            n_samples=int(mus.shape[0]),
+        )
+
+    # --- reporting ---
+
+    def summary(self) -> str:
+        """The tables the command line prints: estimates, derived quantities, goodness of fit, convergence."""
+        pct = f"{100 * self.level:g}%"
+        has_profile = bool(self.profile_ci)
+        head = f"{'parameter':<12} {'estimate':>11} {'std.err':>10}  {pct + ' CI (Wald)':>24}"
+        if has_profile:
+            head += f"  {pct + ' CI (profile)':>24}"
+        head += "  unit"
+        lines = [head]
+        for table in (self.params, self.derived, self.initial):
+            for name, e in table.items():
+                fixed = name in self.params and name not in self.names
+                ci = "(fixed)" if fixed else f"[{_g(e.lower)}, {_g(e.upper)}]"
+                line = f"{name:<12} {_g(e.value, 6):>11} {_g(e.se, 3) if not fixed else '':>10}  {ci:>24}"
+                if has_profile:
+                    p = self.profile_ci.get(name)
+                    line += f"  {f'[{_g(p[0])}, {_g(p[1])}]' if p else '':>24}"
+                line += f"  {e.unit}"
+                lines.append(line.rstrip())
+        noise = self.problem.noise.describe(self.aux, torch.tensor(self.scale2))
+        lines += [
+            "",
+            f"noise: {noise}",
+            f"fit: SSR {_g(self.ssr, 7)}, RMSE {_g(self.rmse)}, log-likelihood {_g(self.loglik, 7)}, "
+            f"AIC {_g(self.aic, 6)}, BIC {_g(self.bic, 6)}  ({self.n_obs} observations, {self.n_free} estimated, "
+            f"{self.dof} residual dof)",
+            f"{self.message}; {self.n_iter} iterations, {self.n_solves} batched solves, {self.elapsed:.3f} s"
+            + (f" (+ {self.profile_elapsed:.3f} s profile)" if self.profile_ci else ""),
+        ]
+        if not self.identifiable:
+            lines.append(
+                "warning: the Fisher information is singular: some parameters are not identifiable from "
+                "these data (their standard errors are inf)"
+            )
+        if len(self.starts) > 1:
+            lines.append(
+                f"starts: {len(self.starts)}; objectives {', '.join(_g(s, 7) for s in sorted(self.starts)[:5])}"
+                + (" ..." if len(self.starts) > 5 else "")
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable summary (what ``dxdt fit --json`` writes)."""
+
+        def table(t: dict[str, Estimate]) -> dict[str, Any]:
+            out = {}
+            for k, v in t.items():
+                d = v.to_dict()
+                if k in self.profile_ci:
+                    d["profile_lower"], d["profile_upper"] = self.profile_ci[k]
+                out[k] = d
+            return out
+
+        return _finite(
+            {
+                "params": table(self.params),
+                "derived": table(self.derived),
+                "initial": table(self.initial),
+                "fixed": [n for n in self.params if n not in self.names],
+                "level": self.level,
+                "noise": {"model": self.problem.noise.name, **self.noise_params},
+                "goodness_of_fit": {
+                    "objective": self.objective,
+                    "ssr": self.ssr,
+                    "rmse": self.rmse,
+                    "loglik": self.loglik,
+                    "aic": self.aic,
+                    "bic": self.bic,
+                    "n_obs": self.n_obs,
+                    "n_free": self.n_free,
+                    "dof": self.dof,
+                },
+                "convergence": {
+                    "converged": self.converged,
+                    "message": self.message,
+                    "iterations": self.n_iter,
+                    "solves": self.n_solves,
+                    "seconds": self.elapsed,
+                    "optimizer": self.optimizer,
+                    "starts": self.starts,
+                    "profile_seconds": self.profile_elapsed,
+                },
+                "times": self.times.tolist(),
+                "observed": {
+                    name: {"data": self.data[:, k].tolist(), "fitted": self.fitted[:, k].tolist()}
+                    for k, name in enumerate(self.observed)
+                },
+            }
+        )
+
+
+def _finite(obj: Any) -> Any:
+    """JSON has no inf/nan: write them as null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _rows(aux: torch.Tensor | None, n: int) -> torch.Tensor | None:
+    return None if aux is None else aux.reshape(-1)[:1].expand(n).clone()
+
+
+def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
+    """A square root ``L`` with ``L Lᵀ = cov`` that tolerates (near-)singular matrices."""
+    vals, vecs = torch.linalg.eigh(cov)
+    return vecs * vals.clamp_min(0).sqrt()
