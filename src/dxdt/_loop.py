@@ -223,6 +223,11 @@ _COMPILED: list = []
 def _compiled_attempt():
     """``_attempt`` compiled once per process; dynamo guards (solver, f, shapes, dtypes) decide recompiles."""
     if not _COMPILED:
+        # Every (solver, f, shape, dtype) combination is one more compiled entry of this one function; dynamo's
+        # default of 8 would silently drop the 9th back to eager.
+        import torch._dynamo
+
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED.append(torch.compile(_attempt, dynamic=False))
     return _COMPILED[0]
 
