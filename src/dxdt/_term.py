@@ -76,7 +76,9 @@ class Term:
     def call(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Evaluate ``f`` with ``t`` already in the shape and dtype ``f`` receives."""
         if self.joint:
-            out = self.f(t, y[0], self.args) if self.pass_args else self.f(t, y[0])
+            # squeeze, not y[0]: its backward is a view, where select's allocates and copies a full gradient
+            y = y.squeeze(0)
+            out = self.f(t, y, self.args) if self.pass_args else self.f(t, y)
             return out.unsqueeze(0) if isinstance(out, torch.Tensor) else out
         return self.f(t, y, self.args) if self.pass_args else self.f(t, y)
 
