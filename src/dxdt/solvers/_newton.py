@@ -30,7 +30,13 @@ def _basis(y: torch.Tensor) -> torch.Tensor:
 
 
 def jacobian(
-    term: Term, t: torch.Tensor, y: torch.Tensor, spec: JacobianSpec, with_time: bool, create_graph: bool = False
+    term: Term,
+    t: torch.Tensor,
+    y: torch.Tensor,
+    spec: JacobianSpec,
+    with_time: bool,
+    create_graph: bool = False,
+    atol: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Per-sample ``∂f/∂y`` as ``(B, N, N)`` and, if ``with_time``, ``∂f/∂t`` shaped like ``y``.
 
@@ -38,13 +44,19 @@ def jacobian(
         t: times already in the shape and dtype ``f`` receives (see :meth:`Term.call`).
         spec: ``"autodiff"`` (reverse-mode autograd), ``"fd"`` (forward differences, ``N + 1`` calls
             of ``f``), or a callable ``jac(t, y[, args])`` returning ``(B, N, N)``.
+        atol: the absolute tolerance, ``y``'s shape: the smallest magnitude finite differences resolve.
         create_graph: keep the Jacobian on the autograd graph (exact backpropagation through a Rosenbrock
             step needs it; it costs second derivatives of ``f``).
     """
     batch, n = y.shape[0], y[0].numel()
     f_t = None
     if callable(spec):
-        jac = spec(t, y, term.args) if term.pass_args else spec(t, y)
+        # The user's jac sees what f sees: in joint mode the (B, *S) batch, and returns the (N, N) Jacobian of
+        # the whole joint system.
+        y_user = y.squeeze(0) if term.joint else y
+        jac = spec(t, y_user, term.args) if term.pass_args else spec(t, y_user)
+        if term.joint and isinstance(jac, torch.Tensor) and jac.ndim == 2:
+            jac = jac.unsqueeze(0)
         expected = (batch, n, n)
         if not isinstance(jac, torch.Tensor) or tuple(jac.shape) != expected:
             got = tuple(jac.shape) if isinstance(jac, torch.Tensor) else type(jac).__name__
@@ -56,7 +68,7 @@ def jacobian(
             f_t = _time_derivative_fd(term, t, y)
         return jac.to(y.dtype), f_t
     if spec == "fd":
-        return _jacobian_fd(term, t, y), _time_derivative_fd(term, t, y) if with_time else None
+        return _jacobian_fd(term, t, y, atol), _time_derivative_fd(term, t, y) if with_time else None
     return _jacobian_autodiff(term, t, y, with_time, create_graph)
 
 
@@ -66,7 +78,13 @@ def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: 
     with torch.enable_grad():
         y_in = y if create_graph and y.requires_grad else y.detach().requires_grad_(True)
         t_in = t.detach().requires_grad_(True) if with_time else t
-        out = term.call(t_in, y_in)
+        try:
+            out = term.call(t_in, y_in)
+        except RuntimeError as err:  # e.g. y.numpy() on a tensor that requires grad
+            raise NotDifferentiableError(
+                f"the implicit solver could not differentiate f with autograd ({err}). Pass jac='fd' to use finite "
+                "differences, or jac=callable(t, y[, args]) returning the (B, N, N) Jacobian."
+            ) from err
         if out.grad_fn is None:
             raise NotDifferentiableError(
                 "the implicit solver could not differentiate f with autograd (its output has no gradient with "
@@ -87,16 +105,18 @@ def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: 
     return jac, f_t
 
 
-def _fd_step(y: torch.Tensor) -> torch.Tensor:
+def _fd_step(y: torch.Tensor, floor: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """√ε relative to the value, but never below √ε · floor (scipy's num_jac uses atol as the floor): a fixed
+    floor of 1 would swamp components of size 1e-5 (Robertson's y2) and ruin their derivatives."""
     eps = torch.finfo(y.dtype).eps ** 0.5
-    return eps * y.abs().clamp_min(1.0)
+    return eps * torch.maximum(y.abs(), torch.as_tensor(floor, dtype=y.dtype, device=y.device))
 
 
-def _jacobian_fd(term: Term, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _jacobian_fd(term: Term, t: torch.Tensor, y: torch.Tensor, atol: torch.Tensor | None) -> torch.Tensor:
     batch, n = y.shape[0], y[0].numel()
     f0 = term.call(t, y)
     flat = y.reshape(batch, n)
-    h = _fd_step(flat)
+    h = _fd_step(flat, 1.0 if atol is None else atol.reshape(batch, n))
     cols = []
     for j in range(n):  # one call per state component: the batch stays intact for per-sample args
         dy = torch.zeros_like(flat)

@@ -18,6 +18,7 @@ from ..interpolation import hermite_coefficients
 from ._combine import combine, per_sample
 from ._newton import JacobianSpec, check_jacobian_spec, factor, identity_like, jacobian, solve_factored
 from .base import AbstractSolver, StepResult
+from .dirk import IDLE_DT
 
 
 class RosenbrockState(NamedTuple):
@@ -68,13 +69,13 @@ class Rosenbrock(AbstractSolver):
         stale = ~state.current
         if bool(stale.any()):
             grad = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
-            jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True, create_graph=grad)
+            jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True, create_graph=grad, atol=atol)
             jac = torch.where(stale[:, None, None], jac_new, state.jac)
             f_t = torch.where(stale.reshape((-1,) + (1,) * (y.ndim - 1)), f_t_new, state.f_t)
         else:
             jac, f_t = state.jac, state.f_t
         # Idle samples have dt = 0; give them a harmless W so nothing non-finite enters the graph.
-        dt_safe = torch.where(dt == 0, 1.0, dt)
+        dt_safe = torch.where(dt == 0, IDLE_DT, dt)
         dt_y = per_sample(dt_safe, y)
         inv = (1.0 / (dt_safe * tab.gamma)).to(y.dtype)[:, None, None]
         fact = factor(inv * identity_like(jac) - jac)
