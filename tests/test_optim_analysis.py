@@ -29,15 +29,6 @@ from dxdt.optim import (
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These problems are tiny: with two threads on a busy two-core machine every kernel can wait a whole
-    scheduler slice for its second thread (measured: 30 ms instead of 0.05 ms per step)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def spd(n: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
