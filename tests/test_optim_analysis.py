@@ -29,7 +29,6 @@ from dxdt.optim import (
 F64 = torch.float64
 
 
-
 def spd(n: int, eigenvalues: torch.Tensor, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
