@@ -500,8 +500,9 @@ def test_gradcheck_rosenbrock():
 
 def test_gradcheck_esdirk():
     """Kvaerno5's implicit-function-theorem gradient: gradcheck on Robertson to t = 2 in 20 steps of 0.1
-    (dt·|λ| ≈ 220). Shorter than the Rosenbrock check because at larger fixed steps the simplified Newton
-    iteration is declared divergent (see BUG_STAGE_GUESS), and 1000 steps to t = 100 would take minutes."""
+    (dt·|λ| ≈ 220). Shorter than the Rosenbrock check: with fixed steps of 1 or more from this state the
+    simplified Newton iteration of the first stage does not converge in max_newton_iters (the step cannot
+    shrink, so the solve ends with NEWTON_FAILURE), and 1000 steps of 0.1 to t = 100 would take minutes."""
     assert gradcheck(_fixed_step_output("kvaerno5", 2.0, 0.1), (_ones(), _ones()))
 
 
@@ -541,10 +542,11 @@ def fd_gradient() -> np.ndarray:
     return np.stack(cols, axis=1)  # (3 outputs, 6 inputs)
 
 
-def adaptive_gradient(solver: dxdt.solvers.AbstractSolver, rtol: float) -> np.ndarray:
+def adaptive_gradient(solver: dxdt.solvers.AbstractSolver, rtol: float, dt0: float | None = None) -> np.ndarray:
     p, d = _ones(), torch.zeros(1, 3, dtype=F64, requires_grad=True)
     y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=F64) + d
-    sol = dxdt.solve(robertson_rates, y0, 0.0, GRAD_T1, args=p, solver=solver, rtol=rtol, atol=rtol * 1e-4)
+    kw = dict(solver=solver, rtol=rtol, atol=rtol * 1e-4, dt0=dt0)
+    sol = dxdt.solve(robertson_rates, y0, 0.0, GRAD_T1, args=p, **kw)
     y = sol.ys[0, -1] * ROBER_SCALE
     rows = [torch.cat([g.flatten() for g in torch.autograd.grad(y[i], (p, d), retain_graph=True)]) for i in range(3)]
     return torch.stack(rows).numpy()
@@ -569,16 +571,34 @@ def test_adaptive_gradients_match_finite_differences():
     tolerance: 1e-5 relative to central differences of a tight scipy solve, Robertson [0, 10] from (1, 0, 0).
 
     Rodas5P with a callable Jacobian: with jac="autodiff" the forward pass with gradients is quadratic in the
-    number of steps (see test_stiff_slow.py), too slow here. Kvaerno3: no Newton failure on this run (after a
-    failure ESDIRK gradients are NaN: BUG_NAN_GRAD)."""
+    number of steps (see test_stiff_slow.py), too slow here. ESDIRK: Kvaerno3 here, Kvaerno5 through Newton
+    failures in test_esdirk_gradient_after_newton_failure."""
     assert _relative_gradient_error(adaptive_gradient(dxdt.Rodas5P(jac=robertson_rates_jac), 1e-8)) < 1e-5
     assert _relative_gradient_error(adaptive_gradient(dxdt.Kvaerno3(), 1e-6)) < 1e-5
 
 
 def test_esdirk_gradient_after_newton_failure():
-    g = adaptive_gradient(dxdt.Kvaerno5(), 1e-6)  # 2 Newton failures on this run
+    """Regression (BUG_NAN_GRAD): a first step of 10 from (1, 0, 0) makes Newton fail 7 times before the step
+    size fits; the gradient stays finite and accurate."""
+    g = adaptive_gradient(dxdt.Kvaerno5(), 1e-6, dt0=10.0)
     assert np.isfinite(g).all()
     assert _relative_gradient_error(g) < 1e-5
+
+
+def test_esdirk_steps_do_not_depend_on_requires_grad():
+    """Kvaerno5 from (1, 0, 0) with dt0 = 10: 38 steps, 7 Newton failures, 28 Jacobians without gradients;
+    37 steps, 0 failures, 21 Jacobians when the rate constants require grad."""
+    sols = []
+    for requires_grad in (False, True):
+        p = torch.ones(1, 3, dtype=F64, requires_grad=requires_grad)
+        y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=F64)
+        kw = dict(solver="kvaerno5", rtol=1e-6, atol=1e-10, dt0=10.0)
+        sols.append(dxdt.solve(robertson_rates, y0, 0.0, GRAD_T1, args=p, **kw))
+    plain, tracked = sols
+    assert _stats(plain)["n_newton_failures"] > 0
+    counters = {k: v for k, v in _stats(plain).items() if k != "n_f_evals"}  # gradients add IFT evaluations
+    assert {k: _stats(tracked)[k] for k in counters} == counters
+    torch.testing.assert_close(tracked.ys.detach(), plain.ys, rtol=1e-12, atol=1e-20)
 
 
 # ---------------------------------------------------------------------------------------------------- bad input
@@ -625,6 +645,8 @@ def test_finite_difference_jacobian_solves_numpy_f():
 
 
 def test_numpy_without_detach_explains_fallback():
+    """Regression (BUG_NUMPY_ERROR)."""
+
     def f(t, y):
         return torch.from_numpy(np.stack([robertson(None, row) for row in y.numpy()]))
 
@@ -683,20 +705,19 @@ def test_newton_divergence_fails_that_sample_only():
     torch.testing.assert_close(sol.ys[1], alone.ys[0], rtol=1e-14, atol=0)
 
 
-# ---------------------------------------------------------------------------------------------------- known bugs
+# ------------------------------------------------------------------------------- regression tests for fixed bugs
 
 
 def test_kvaerno5_newton_failures_are_rare():
-    """Newton should rarely fail on Robertson at the default tolerance (a stage predictor that starts the last
-    stage at the previous stage's value: 74 steps, 2 failures; now 303 steps, 120 failures)."""
+    """Regression (BUG_STAGE_GUESS): Newton rarely fails on Robertson at the default tolerance. With the old
+    predictor Kvaerno5 took 303 steps with 120 failures; starting from the previous stage: 91 steps, 8."""
     s = _stats(solve_problem("robertson", "kvaerno5", 1e-6))
     assert s["n_newton_failures"] <= 0.1 * s["n_steps"]
 
 
 def test_esdirk_fixed_steps_robust_to_perturbation():
-    """Kvaerno4 with fixed dt = 0.1 (rtol 1e-6, atol 1e-8) on Robertson from ROBER_Y1 succeeds, but ~30 of 40
-    copies perturbed by 1e-5 (relative) end with NEWTON_FAILURE: the convergence test is marginal. Starting the
-    last stage at the previous stage's value makes all 40 succeed."""
+    """Regression (BUG_STAGE_GUESS): Kvaerno4 with fixed dt = 0.1 (rtol 1e-6, atol 1e-8) on 40 copies of
+    Robertson perturbed by 1e-5 (relative): all succeed (with the old predictor ~30 ended with NEWTON_FAILURE)."""
     g = torch.Generator().manual_seed(0)
     v = 1 + 1e-5 * torch.randn(40, 6, generator=g, dtype=F64)
     fixed = dict(solver="kvaerno4", dt0=0.1, controller=dxdt.ConstantStepController(), rtol=1e-6, atol=1e-8)
@@ -706,6 +727,7 @@ def test_esdirk_fixed_steps_robust_to_perturbation():
 
 
 def test_joint_mode_user_jacobian_sees_f_shapes():
+    """Regression (BUG_JOINT_JAC)."""
     seen = []
 
     def jac(t, y):
@@ -721,7 +743,8 @@ def test_joint_mode_user_jacobian_sees_f_shapes():
 
 
 def test_finite_difference_jacobian_costs_no_extra_steps():
-    """Rodas5P with jac='fd' takes 217 steps on Robertson where the exact Jacobian takes 109 (Rodas4: 632 vs 200)."""
+    """Regression (BUG_FD_STEP): Rodas5P with jac='fd' took 217 steps on Robertson where the exact Jacobian takes
+    109 (Rodas4: 632 vs 200)."""
     y0 = torch.tensor([[1.0, 0.0, 0.0]], dtype=F64)
     fd = dxdt.solve(robertson, y0, 0.0, 1e5, solver=dxdt.Rodas5P(jac="fd"), rtol=1e-6, atol=1e-10)
     exact = solve_problem("robertson", "rodas5p", 1e-6)

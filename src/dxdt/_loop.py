@@ -140,8 +140,13 @@ def integrate(
         if (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
             # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
             # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
+            # The first attempt's solver state, failure flags and counts stand, so that the step sequence and
+            # statistics do not depend on whether gradients are tracked.
             dt_signed = torch.where(bad, 0.0, dt_signed)
-            step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)
+            first = step
+            step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)._replace(
+                state=first.state, failed=first.failed, extra_evals=first.extra_evals
+            )
 
         with torch.no_grad():
             accept = running & ~bad if controller.accepts_every_step else running & ~bad & (err <= 1.0)

@@ -7,9 +7,9 @@ re-evaluated after slow convergence or a failure, the LU whenever ``dt γ`` or t
 whose Newton iteration diverges or does not converge in ``max_newton_iters`` fails the step: the loop rejects
 it for that sample only and shrinks its dt.
 
-Gradients never flow through the Newton iterations: the converged stage is re-attached to the graph by one
-implicit-function-theorem correction ``z − M⁻¹ G(z)`` with ``M = I − dt γ J(z)`` evaluated exactly at the
-converged ``z`` (detached), which gives exactly ``dz/dθ = −M⁻¹ ∂G/∂θ``.
+Gradients never flow through the Newton iterations: the converged stage is re-attached to the graph by an
+implicit-function-theorem term ``z − (c − c.detach())``, ``c = M⁻¹ G(z)``, with ``M = I − dt γ J(z)`` evaluated
+exactly at the converged ``z`` (detached): the value stays Newton's and ``dz/dθ = −M⁻¹ ∂G/∂θ`` exactly.
 """
 
 from __future__ import annotations
@@ -122,9 +122,10 @@ class DIRK(AbstractSolver):
         z = y
         for i in range(1, tab.stages):
             base = y + dt_y * combine(tab.a[i][:-1], ks)
-            # Start from the previous stage's value: for the last stages of stiffly accurate methods (both at
-            # c = 1) it is far closer than an explicit extrapolation, whose stiff components are way off.
-            guess = base.detach() + dtg_y * ks[-1].detach() if i == 1 else z.detach()
+            # A stage at the same time as the previous one (the last stages of stiffly accurate methods, both at
+            # c = 1) starts from that stage's value: an explicit extrapolation is way off in stiff components.
+            same_time = i > 1 and tab.c[i] == tab.c[i - 1]
+            guess = z.detach() if same_time else base.detach() + dtg_y * ks[-1].detach()
             z, converged, iters, stage_slow = self._newton(
                 term, times[i], base.detach(), guess, dtg_y, newton, y, rtol, atol
             )
@@ -205,7 +206,10 @@ class DIRK(AbstractSolver):
             jac, _ = jacobian(term, t_i, z, self.jac, with_time=False, atol=atol)
             fact = factor(identity_like(jac) - dtg_y.reshape(-1, 1, 1) * jac)
         residual = z - base - dtg_y * term.call(t_i, z)
-        return z - solve_factored(fact, residual)
+        correction = solve_factored(fact, residual)
+        # Value-neutral: the stage keeps Newton's value (so the solve does not depend on whether gradients are
+        # tracked); only the derivative −M⁻¹ ∂G/∂θ is attached.
+        return z - (correction - correction.detach())
 
     def commit(self, old: DIRKState, new: DIRKState, accept: torch.Tensor, running: torch.Tensor) -> DIRKState:
         # Idle samples keep their state (and counters); running ones take the new one, accepted or not.
