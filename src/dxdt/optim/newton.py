@@ -49,7 +49,29 @@ def _backtrack(
     return 0.0, 40
 
 
-class NewtonFlow(torch.optim.Optimizer):
+class _LinearSolveOptimizer(torch.optim.Optimizer):
+    """Shared set-up of the optimizers that solve one linear system (by CG) over all parameters per step."""
+
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor] | Iterable[dict],
+        dt: float,
+        damping: float,
+        line_search: bool,
+        linear_rtol: float,
+        linear_max_iter: int | None,
+    ):
+        _check(dt, damping, linear_rtol)
+        super().__init__(params, dict(dt=dt, damping=damping))
+        if len(self.param_groups) != 1:
+            raise ValueError(f"{type(self).__name__} solves one linear system over all parameters: pass one group")
+        self._objective = ClosureObjective(self.param_groups[0]["params"])
+        self.line_search = line_search
+        self.linear_rtol = linear_rtol
+        self.linear_max_iter = linear_max_iter
+
+
+class NewtonFlow(_LinearSolveOptimizer):
     """Damped Newton: explicit Euler on the Newton flow, ``θ ← θ − dt (H + μ I)⁻¹ ∇L``.
 
     The Newton direction is solved by conjugate gradients on Hessian-vector products (double backward through
@@ -80,14 +102,7 @@ class NewtonFlow(torch.optim.Optimizer):
         linear_rtol: float = 1e-4,
         linear_max_iter: int | None = None,
     ):
-        _check(dt, damping, linear_rtol)
-        super().__init__(params, dict(dt=dt, damping=damping))
-        if len(self.param_groups) != 1:
-            raise ValueError(f"{type(self).__name__} solves one linear system over all parameters: pass one group")
-        self._objective = ClosureObjective(self.param_groups[0]["params"])
-        self.line_search = line_search
-        self.linear_rtol = linear_rtol
-        self.linear_max_iter = linear_max_iter
+        super().__init__(params, dt, damping, line_search, linear_rtol, linear_max_iter)
         self.stats = dict(n_grad=0, n_hvp=0, n_loss=0, n_negative_curvature=0)
 
     def _loss_at(self, theta: torch.Tensor) -> float:
@@ -129,7 +144,7 @@ class NewtonFlow(torch.optim.Optimizer):
         return loss
 
 
-class GaussNewton(torch.optim.Optimizer):
+class GaussNewton(_LinearSolveOptimizer):
     """Gauss–Newton (Levenberg–Marquardt with fixed damping) for ``L = ½ ‖r(θ)‖²``.
 
     The closure returns the residuals ``r`` (any shape), not the loss. The step solves
@@ -159,14 +174,7 @@ class GaussNewton(torch.optim.Optimizer):
         linear_rtol: float = 1e-10,
         linear_max_iter: int | None = None,
     ):
-        _check(dt, damping, linear_rtol)
-        super().__init__(params, dict(dt=dt, damping=damping))
-        if len(self.param_groups) != 1:
-            raise ValueError("GaussNewton solves one linear system over all parameters: pass one group")
-        self._objective = ClosureObjective(self.param_groups[0]["params"])
-        self.line_search = line_search
-        self.linear_rtol = linear_rtol
-        self.linear_max_iter = linear_max_iter
+        super().__init__(params, dt, damping, line_search, linear_rtol, linear_max_iter)
         self.stats = dict(n_grad=0, n_ggn=0, n_loss=0)
 
     @torch.no_grad()
