@@ -132,10 +132,6 @@ class AutoSwitch(AbstractSolver):
     def statistics(self, state: AutoSwitchState) -> dict[str, torch.Tensor]:
         return {**self.stiff.statistics(state.inner), "n_switches": state.n_switches}
 
-    def error_ratio(self, step: StepResult, y0, rtol, atol) -> torch.Tensor:
-        scale = torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))
-        return rms_norm(step.y_err / scale)
-
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         explicit, implicit, stiff = step.ks
         parts = [

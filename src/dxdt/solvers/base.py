@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .._norm import rms_norm
 from .._term import Term
 
 
@@ -77,9 +78,12 @@ class AbstractSolver(abc.ABC):
         """Per-sample counters beyond steps and f evaluations (Jacobians, LUs, Newton iterations...)."""
         return {}
 
-    @abc.abstractmethod
     def error_ratio(self, step: StepResult, y0: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
-        """Per-sample error of the step relative to the tolerances, ``(B,)``: ``<= 1`` accepts it."""
+        """Per-sample error of the step relative to the tolerances, ``(B,)``: ``<= 1`` accepts it.
+
+        The weighted RMS norm of ``y_err / (atol + rtol · max(|y0|, |y1|))``.
+        """
+        return rms_norm(step.y_err / error_scale(step, y0, rtol, atol))
 
     @abc.abstractmethod
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
@@ -88,3 +92,8 @@ class AbstractSolver(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def error_scale(step: StepResult, y0: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
+    """``atol + rtol · max(|y0|, |y1|)``: what the error estimate is measured against."""
+    return torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))

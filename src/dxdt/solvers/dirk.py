@@ -223,10 +223,6 @@ class DIRK(AbstractSolver):
             "n_newton_failures": state.n_newton_failures,
         }
 
-    def error_ratio(self, step: StepResult, y0, rtol, atol) -> torch.Tensor:
-        scale = torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))
-        return rms_norm(step.y_err / scale)
-
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         return hermite_coefficients(per_sample(dt, y0), y0, step.y1, step.f0, step.f1)
 

@@ -9,7 +9,7 @@ from .._tableau import ButcherTableau
 from .._term import Term
 from ..interpolation import hermite_coefficients
 from ._combine import combine, per_sample
-from .base import AbstractSolver, StepResult
+from .base import AbstractSolver, StepResult, error_scale
 
 
 class ExplicitRungeKutta(AbstractSolver):
@@ -69,7 +69,7 @@ class ExplicitRungeKutta(AbstractSolver):
 
     def error_ratio(self, step: StepResult, y0: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
         """Per-sample weighted RMS norm of the error estimate: ``<= 1`` accepts the step. ``(B,)``."""
-        scale = torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))
+        scale = error_scale(step, y0, rtol, atol)
         err = rms_norm(step.y_err / scale)
         if step.y_err_low is not None:
             # DOP853 (Hairer, dop853.f): the 5th-order estimate, damped where the 3rd-order one is larger.

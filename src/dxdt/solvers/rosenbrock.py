@@ -11,7 +11,6 @@ from typing import NamedTuple
 
 import torch
 
-from .._norm import rms_norm
 from .._tableau import RosenbrockTableau
 from .._term import Term
 from ..interpolation import hermite_coefficients
@@ -116,10 +115,6 @@ class Rosenbrock(AbstractSolver):
 
     def statistics(self, state: RosenbrockState) -> dict[str, torch.Tensor]:
         return {"n_jac_evals": state.n_jac, "n_lu_decompositions": state.n_lu}
-
-    def error_ratio(self, step: StepResult, y0, rtol, atol) -> torch.Tensor:
-        scale = torch.addcmul(atol, rtol, torch.maximum(y0.abs(), step.y1.abs()))
-        return rms_norm(step.y_err / scale)
 
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         tab = self.tableau
