@@ -42,11 +42,6 @@ class LoopResult:
     solver_stats: dict[str, torch.Tensor]
 
 
-def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a ``(B,)`` float64 tensor against a ``(B, *S)`` state, in its dtype."""
-    return x.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
-
-
 def integrate(
     solver: AbstractSolver,
     controller: AbstractController,

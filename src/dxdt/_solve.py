@@ -15,6 +15,7 @@ from ._term import Term
 from .controllers import AbstractController, ConstantStepController, IController, PIController
 from .interpolation.dense_solution import DenseSolution
 from .solvers import AbstractSolver, get_solver
+from .solvers._combine import per_sample
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -165,9 +166,9 @@ def solve(
         ys = dense(out_ts)
     else:
         # dy(t1)/dt1 = f(t1, y(t1)): a straight-through term carries the gradient to t1.
-        y1 = result.y + _per_sample(t1 - t1.detach(), result.f) * result.f if t1.requires_grad else result.y
+        y1 = result.y + per_sample(t1 - t1.detach(), result.f) * result.f if t1.requires_grad else result.y
         out_ts = t1[:, None]
-        ys = torch.where(_per_sample(success, y1), y1, torch.nan).unsqueeze(1)
+        ys = torch.where(per_sample(success, y1), y1, torch.nan).unsqueeze(1)
 
     evaluate = None
     if save.dense:
@@ -191,7 +192,7 @@ def solve(
     status, t_final, y_final = result.status, result.t, result.y
     if step_past_t1:  # report the state at t1, not where the last step overshot to
         t_final = torch.where(success, t1.detach(), t_final)
-        y_final = torch.where(_per_sample(success, y_final), dense(t_final[:, None])[:, 0], y_final)
+        y_final = torch.where(per_sample(success, y_final), dense(t_final[:, None])[:, 0], y_final)
     if joint:
         expand = lambda x: x.expand(batch)  # noqa: E731
         stats = Stats(
@@ -217,10 +218,6 @@ def solve(
 def _from_loop_layout(ys: torch.Tensor, joint: bool) -> torch.Tensor:
     """Joint mode's loop output ``(1, T, B, *S)`` becomes ``(B, T, *S)``."""
     return ys[0].movedim(0, 1) if joint else ys
-
-
-def _per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    return x.to(like.dtype if x.dtype != torch.bool else torch.bool).reshape((-1,) + (1,) * (like.ndim - 1))
 
 
 def _check_y0(y0: Any) -> torch.Tensor:

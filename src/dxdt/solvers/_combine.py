@@ -24,5 +24,7 @@ def combine(weights: Sequence[float], vectors: Sequence[torch.Tensor]) -> torch.
 
 
 def per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A ``(B,)`` tensor shaped to broadcast against ``like`` ``(B, *S)``, in ``like``'s dtype."""
-    return x.to(like.dtype).reshape((-1,) + (1,) * (like.ndim - 1))
+    """A ``(B,)`` tensor shaped to broadcast against ``like`` ``(B, *S)``, in ``like``'s dtype (masks stay bool)."""
+    if x.dtype != torch.bool:
+        x = x.to(like.dtype)
+    return x.reshape((-1,) + (1,) * (like.ndim - 1))
