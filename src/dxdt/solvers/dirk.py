@@ -182,7 +182,7 @@ class DIRK(AbstractSolver):
                 scale = torch.addcmul(atol, rtol, z.abs())
                 norm = rms_norm(dz / scale).to(rate.dtype)
                 iters = iters + active
-                z = torch.where(per_sample(active, z).bool(), z + dz, z)
+                z = torch.where(per_sample(active, z), z + dz, z)
                 if k > 0:
                     rate = torch.where(active, norm / norm_prev, rate)
                 finite = torch.isfinite(norm)
