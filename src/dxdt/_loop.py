@@ -3,12 +3,19 @@
 Each iteration attempts one step for every sample still running (idle samples take a step of size 0 and
 are masked out), so a sample's trajectory does not depend on the rest of the batch. The only host
 synchronisation per iteration is the test whether any sample is still running.
+
+The loop is written as a carry (everything that changes from one iteration to the next) and one pure
+iteration on it, so that the same iteration runs plainly (:func:`integrate`) or under recursive
+checkpointing (:mod:`dxdt.adjoints.checkpointed`), and the adjoint methods solve their backward equations
+with it too.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 import torch
 
@@ -16,7 +23,7 @@ from ._solution import RUNNING, Status
 from ._term import Term
 from .controllers import AbstractController, initial_step_size
 from .interpolation.dense_solution import StepRecords
-from .solvers.base import AbstractSolver
+from .solvers.base import AbstractSolver, StepResult
 
 # Consecutive unusable attempts (non-finite values, or a failed Newton iteration), each shrinking dt by the
 # controller's factor_min, before a sample is declared NONFINITE / NEWTON_FAILURE: 0.2**8 ≈ 3e-6, enough to
@@ -25,6 +32,11 @@ MAX_NONFINITE_RETRIES = 8
 # A step within this relative distance of the next stop (save time or t1) is stretched to land on it, so
 # that rounding in t + dt never leaves a sliver of a step behind.
 SNAP = 1e-10
+
+#: ``on_step(t, dt, step, y)`` after every iteration: ``dt`` is the signed step of samples that accepted
+#: theirs and 0 elsewhere, ``step`` the attempt and ``y`` the state it started from. The adjoints
+#: accumulate parameter gradients by quadrature with it.
+StepHook = Callable[[torch.Tensor, torch.Tensor, StepResult, torch.Tensor], None]
 
 
 @dataclass
@@ -42,26 +54,30 @@ class LoopResult:
     solver_stats: dict[str, torch.Tensor]
 
 
-def integrate(
-    solver: AbstractSolver,
-    controller: AbstractController,
-    term: Term,
-    y0: torch.Tensor,
-    t0: torch.Tensor,
-    t1: torch.Tensor,
-    *,
-    rtol: torch.Tensor,
-    atol: torch.Tensor,
-    dt0: torch.Tensor | None,
-    dt_min: float,
-    dt_max: float,
-    max_steps: int,
-    stops: torch.Tensor | None,
-    record: bool,
-    step_past_t1: bool = False,
-    compile: bool = False,
-) -> LoopResult:
-    """Integrate every sample of ``y0`` from ``t0`` to ``t1`` (float64 ``(B,)`` each).
+class Carry(NamedTuple):
+    """Everything one loop iteration reads and writes; the loop's state between iterations."""
+
+    t: torch.Tensor  # (B,) float64
+    y: torch.Tensor  # (B, *S)
+    f: torch.Tensor  # (B, *S): f(t, y)
+    dt: torch.Tensor  # (B,) float64 step size to try next (0 for idle samples)
+    status: torch.Tensor  # (B,) int64
+    err_prev: torch.Tensor  # (B,) float64: the controller's memory
+    bad_streak: torch.Tensor  # (B,) int64: consecutive unusable attempts
+    state: Any  # the solver's state
+
+
+class IterationOutput(NamedTuple):
+    """What one iteration leaves behind besides the carry: counters and, when recording, the step."""
+
+    running: torch.Tensor  # (B,) bool
+    accept: torch.Tensor  # (B,) bool
+    extra_evals: torch.Tensor | None
+    row: tuple | None  # a StepRecords row
+
+
+class Loop:
+    """The loop's fixed configuration and its two halves: :meth:`start` (the first carry) and :meth:`iterate`.
 
     Args:
         stops: float64 ``(B, T)`` times that steps must land on exactly (save times of methods whose
@@ -70,68 +86,103 @@ def integrate(
         step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics); the caller
             interpolates back to t1. Requires ``stops is None``.
         compile: run each attempted step (stages, error estimate) as one ``torch.compile``d function.
+        on_step: a :data:`StepHook` called after every iteration.
     """
-    batch = y0.shape[0]
-    device = y0.device
-    direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
-    # The next stop of each sample: its next save time still ahead, else t1.
-    if stops is None:
-        stops = t1[:, None]
-    else:
-        stops = torch.cat([stops.detach(), t1[:, None]], dim=1)
-    stop_tau = (stops - t0[:, None]) * direction[:, None]
 
-    f0 = term(t0, y0)
-    term.check(f0, y0)
-    n_init = 1
-    if dt0 is None:
-        dt = initial_step_size(term, t0, y0, f0, direction, solver.error_order, rtol, atol)
-        n_init += 1
-    else:
-        dt = dt0.expand(batch).clone()
-    dt = dt.clamp(max=dt_max)
+    def __init__(
+        self,
+        solver: AbstractSolver,
+        controller: AbstractController,
+        term: Term,
+        t0: torch.Tensor,
+        t1: torch.Tensor,
+        *,
+        rtol: torch.Tensor,
+        atol: torch.Tensor,
+        dt0: torch.Tensor | None,
+        dt_min: float,
+        dt_max: float,
+        max_steps: int,
+        stops: torch.Tensor | None,
+        record: bool,
+        step_past_t1: bool = False,
+        compile: bool = False,
+        on_step: StepHook | None = None,
+    ):
+        self.solver, self.controller, self.term = solver, controller, term
+        self.t0, self.t1, self.rtol, self.atol = t0, t1, rtol, atol
+        self.dt0, self.dt_min, self.dt_max, self.max_steps = dt0, dt_min, dt_max, max_steps
+        self.record, self.step_past_t1, self.on_step = record, step_past_t1, on_step
+        self.direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
+        # The next stop of each sample: its next save time still ahead, else t1.
+        self.stops = t1[:, None] if stops is None else torch.cat([stops.detach(), t1[:, None]], dim=1)
+        self.stop_tau = (self.stops - t0[:, None]) * self.direction[:, None]
+        self.single_stop = self.stop_tau.shape[1] == 1
+        self.retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
+        self.attempt = _compiled_attempt() if compile else _attempt
+        device = t0.device
+        self.code = {s: torch.tensor(int(s), device=device) for s in Status}
+        self.code_running = torch.tensor(RUNNING, device=device)
+        self.n_init = 1
 
-    t, y, f = t0.clone(), y0, f0
-    status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
-    code = {s: torch.tensor(int(s), device=device) for s in Status}
-    code_running = torch.tensor(RUNNING, device=device)
-    # Idle samples (finished or failed) take steps of size 0 and are masked out of every update.
-    dt = torch.where(status == RUNNING, dt, 0.0)
-    err_prev = torch.ones(batch, dtype=torch.float64, device=device)
-    bad_streak = torch.zeros(batch, dtype=torch.int64, device=device)
-    retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
-    single_stop = stop_tau.shape[1] == 1
-    state = solver.init_state(term, t0, y0, f0)
-    attempt = _compiled_attempt() if compile else _attempt
-    running_history: list[torch.Tensor] = []
-    accept_history: list[torch.Tensor] = []
-    extra_history: list[torch.Tensor] = []
-    rows: list[tuple] = []
+    def start(self, y0: torch.Tensor) -> Carry:
+        """The carry before the first step: ``f(t0, y0)``, the initial step size, every sample running."""
+        t0, t1, batch = self.t0, self.t1, y0.shape[0]
+        f0 = self.term(t0, y0)
+        self.term.check(f0, y0)
+        if self.dt0 is None:
+            dt = initial_step_size(
+                self.term, t0, y0, f0, self.direction, self.solver.error_order, self.rtol, self.atol
+            )
+            self.n_init = 2
+        else:
+            dt = self.dt0.expand(batch).clone()
+        dt = dt.clamp(max=self.dt_max)
+        status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
+        # Idle samples (finished or failed) take steps of size 0 and are masked out of every update.
+        dt = torch.where(status == RUNNING, dt, 0.0)
+        return Carry(
+            t=t0.clone(),
+            y=y0,
+            f=f0,
+            dt=dt,
+            status=status,
+            err_prev=torch.ones(batch, dtype=torch.float64, device=y0.device),
+            bad_streak=torch.zeros(batch, dtype=torch.int64, device=y0.device),
+            state=self.solver.init_state(self.term, t0, y0, f0),
+        )
 
-    # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
-    for _ in range(max_steps):
+    @staticmethod
+    def running(carry: Carry) -> bool:
+        """Whether any sample still runs: the one host synchronisation per iteration."""
+        return bool((carry.status == RUNNING).any())
+
+    def iterate(self, carry: Carry) -> tuple[Carry, IterationOutput]:
+        """Attempt one step for every running sample; accept or reject it; update status and step size."""
+        solver, controller, term = self.solver, self.controller, self.term
+        t, y, f, dt, status, err_prev, bad_streak, state = carry
+        t1, direction, code = self.t1, self.direction, self.code
         running = status == RUNNING
-        if not bool(running.any()):  # the one host synchronisation per iteration
-            break
-        if step_past_t1:  # steps are never shortened; the caller interpolates back to t1
+        if self.step_past_t1:  # steps are never shortened; the caller interpolates back to t1
             lands = None
             dt_try = dt
             dt_signed = direction * dt_try
             t_new = t + dt_signed
         else:
-            if single_stop:
+            if self.single_stop:
                 stop, to_stop = t1, (t1 - t) * direction
             else:  # the first stop strictly ahead of each sample
-                tau = (t - t0) * direction
-                ahead = (stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(stop_tau.shape[1] - 1)
-                stop = stops.gather(1, ahead).squeeze(1)
-                to_stop = stop_tau.gather(1, ahead).squeeze(1) - tau
+                tau = (t - self.t0) * direction
+                n_stops = self.stop_tau.shape[1]
+                ahead = (self.stop_tau <= tau[:, None]).sum(1, keepdim=True).clamp_max(n_stops - 1)
+                stop = self.stops.gather(1, ahead).squeeze(1)
+                to_stop = self.stop_tau.gather(1, ahead).squeeze(1) - tau
             lands = dt * (1 + SNAP) >= to_stop
             dt_try = torch.where(lands, to_stop, dt)
             dt_signed = direction * dt_try
             t_new = torch.where(lands, stop, t + dt_signed)
 
-        step, err, bad = attempt(solver, term, t, dt_signed, y, f, state, rtol, atol)
+        step, err, bad = self.attempt(solver, term, t, dt_signed, y, f, state, self.rtol, self.atol)
         if (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
             # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
             # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
@@ -139,7 +190,7 @@ def integrate(
             # statistics do not depend on whether gradients are tracked.
             dt_signed = torch.where(bad, 0.0, dt_signed)
             first = step
-            step = solver.step(term, t, dt_signed, y, f, state, rtol, atol)._replace(
+            step = solver.step(term, t, dt_signed, y, f, state, self.rtol, self.atol)._replace(
                 state=first.state, failed=first.failed, extra_evals=first.extra_evals
             )
 
@@ -149,18 +200,19 @@ def integrate(
             # A step cut short to land on a stop says nothing about the step size the controller wanted.
             if lands is not None:
                 dt_next = torch.where(accept & lands, torch.maximum(dt_next, dt), dt_next)
-            if dt_max < math.inf:
-                dt_next = dt_next.clamp(max=dt_max)
+            if self.dt_max < math.inf:
+                dt_next = dt_next.clamp(max=self.dt_max)
 
         accept_y = accept.reshape((-1,) + (1,) * (y.ndim - 1))
-        if record:
+        dt_accepted = torch.where(accept, dt_signed, 0.0)
+        row = None
+        if self.record:
             t_end = torch.where(accept, t_new, t)
-            coefficients = solver.dense_coefficients(step, y, torch.where(accept, dt_signed, 0.0))
-            rows.append((t, t_end, torch.where(accept, dt_signed, 0.0), accept, step.y1, coefficients))
-        running_history.append(running)
-        accept_history.append(accept)
-        if step.extra_evals is not None:
-            extra_history.append(step.extra_evals * running)
+            coefficients = solver.dense_coefficients(step, y, dt_accepted)
+            row = (t, t_end, dt_accepted, accept, step.y1, coefficients)
+        if self.on_step is not None:
+            self.on_step(t, dt_accepted, step, y)
+        extra = step.extra_evals * running if step.extra_evals is not None else None
         state = solver.commit(state, step.state, accept, running)
         t = torch.where(accept, t_new, t)
         y = torch.where(accept_y, step.y1, y)
@@ -168,46 +220,64 @@ def integrate(
 
         with torch.no_grad():
             bad_streak = (bad_streak + 1) * bad
-            finished = accept & ((t_new - t1) * direction >= 0 if step_past_t1 else t_new == t1)
+            finished = accept & ((t_new - t1) * direction >= 0 if self.step_past_t1 else t_new == t1)
             # The step no longer changes t in float64 (or fell below the user's dt_min).
             underflow = t + direction * dt_next == t
-            if dt_min > 0:
-                underflow = underflow | (dt_next < dt_min)
+            if self.dt_min > 0:
+                underflow = underflow | (dt_next < self.dt_min)
             gave_up = code[Status.NONFINITE]
             if step.failed is not None:
                 gave_up = torch.where(step.failed, code[Status.NEWTON_FAILURE], gave_up)
             failure = torch.where(
-                bad_streak >= retry_limit,
+                bad_streak >= self.retry_limit,
                 gave_up,
-                torch.where(underflow, code[Status.DT_UNDERFLOW], code_running),
+                torch.where(underflow, code[Status.DT_UNDERFLOW], self.code_running),
             )
             status = torch.where(running, torch.where(finished, code[Status.SUCCESS], failure), status)
             dt = torch.where(status == RUNNING, dt_next, 0.0)
+        carry = Carry(t, y, f, dt, status, err_prev, bad_streak, state)
+        return carry, IterationOutput(running, accept, extra, row)
 
-    status = torch.where(status == RUNNING, Status.MAX_STEPS, status)
-    n_iterations = len(running_history)
-    if n_iterations:
-        n_steps = torch.stack(running_history).sum(0)
-        n_accepted = torch.stack(accept_history).sum(0)
-    else:
-        n_steps = n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
-    n_rejected = n_steps - n_accepted
-    n_f_evals = n_init + solver.evals_per_step * n_steps
-    if extra_history:
-        n_f_evals = n_f_evals + torch.stack(extra_history).sum(0)
-    return LoopResult(
-        t=t,
-        y=y,
-        f=f,
-        status=status,
-        n_steps=n_steps,
-        n_accepted=n_accepted,
-        n_rejected=n_rejected,
-        n_f_evals=n_f_evals,
-        n_iterations=n_iterations,
-        records=StepRecords.stack(rows) if rows else None,
-        solver_stats=solver.statistics(state),
-    )
+    def finish(self, carry: Carry, outputs: list[IterationOutput]) -> LoopResult:
+        """Mark samples still running as out of steps and count what every sample did."""
+        status = torch.where(carry.status == RUNNING, Status.MAX_STEPS, carry.status)
+        batch, device = carry.y.shape[0], carry.y.device
+        if outputs:
+            n_steps = torch.stack([o.running for o in outputs]).sum(0)
+            n_accepted = torch.stack([o.accept for o in outputs]).sum(0)
+        else:
+            n_steps = n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
+        n_f_evals = self.n_init + self.solver.evals_per_step * n_steps
+        extras = [o.extra_evals for o in outputs if o.extra_evals is not None]
+        if extras:
+            n_f_evals = n_f_evals + torch.stack(extras).sum(0)
+        rows = [o.row for o in outputs if o.row is not None]
+        return LoopResult(
+            t=carry.t,
+            y=carry.y,
+            f=carry.f,
+            status=status,
+            n_steps=n_steps,
+            n_accepted=n_accepted,
+            n_rejected=n_steps - n_accepted,
+            n_f_evals=n_f_evals,
+            n_iterations=len(outputs),
+            records=StepRecords.stack(rows) if rows else None,
+            solver_stats=self.solver.statistics(carry.state),
+        )
+
+
+def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
+    """Integrate every sample of ``y0`` from ``loop.t0`` to ``loop.t1``."""
+    carry = loop.start(y0)
+    outputs: list[IterationOutput] = []
+    # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
+    for _ in range(loop.max_steps):
+        if not loop.running(carry):
+            break
+        carry, out = loop.iterate(carry)
+        outputs.append(out)
+    return loop.finish(carry, outputs)
 
 
 def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol):
@@ -230,8 +300,6 @@ def _compiled_attempt():
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED.append(torch.compile(_attempt, dynamic=False))
     return _COMPILED[0]
-
-
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
     """The step's error ratio (float64 ``(B,)``) and which samples' steps are unusable (NaN/inf or failed)."""
     with torch.no_grad():

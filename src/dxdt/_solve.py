@@ -8,14 +8,13 @@ from typing import Any, Literal
 
 import torch
 
-from ._loop import integrate
+from ._problem import ODEProblem
 from ._saveat import SaveAt, as_saveat, check_save_times
-from ._solution import Solution, SolveError, Stats, Status
+from ._solution import Solution, SolveError
 from ._term import Term
+from .adjoints import AbstractGradient, get_gradient
 from .controllers import AbstractController, ConstantStepController, IController, PIController
-from .interpolation.dense_solution import DenseSolution
 from .solvers import AbstractSolver, get_solver
-from .solvers._combine import per_sample
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -39,6 +38,7 @@ def solve(
     batch_mode: Literal["per_sample", "joint"] = "per_sample",
     step_past_t1: bool = False,
     compile: bool = False,
+    gradient: str | AbstractGradient = "autodiff",
     throw: bool = True,
 ) -> Solution:
     """Solve the ODE ``dy/dt = f(t, y[, args])`` from ``t0`` to ``t1`` for a batch of initial states.
@@ -74,6 +74,13 @@ def solve(
             the first solve pays seconds to minutes of compilation; later solves with the same ``f``,
             solver, shapes and dtypes reuse it and run the step as fused kernels (about 3× faster for a
             batch of 1024 Van der Pol oscillators on CPU). Loop control stays in Python.
+        gradient: how gradients flow back through the solve: ``"autodiff"`` (default: backpropagation
+            through the loop, the exact gradient of the computed solution), ``"checkpoint"`` (the same
+            gradient with memory logarithmic in the number of steps), ``"backsolve"`` (continuous adjoint:
+            memory flat in the number of steps), ``"interpolate"`` (continuous adjoint reading y(t) from the
+            forward dense solution: stable where backsolve is not), ``"forward"`` (forward sensitivities:
+            cheapest for a few parameters), or an instance from :mod:`dxdt.adjoints` with options. See
+            ``docs/gradients.md`` for which to pick.
         throw: raise :class:`SolveError` if any sample fails (default); with ``False`` the solution is
             returned with per-sample ``status``.
 
@@ -92,6 +99,7 @@ def solve(
         raise ValueError(f"batch_mode must be 'per_sample' or 'joint'; got {batch_mode!r}")
     joint = batch_mode == "joint"
     solver = get_solver(solver)
+    strategy = get_gradient(gradient)
     batch = y0.shape[0]
     t0, t1 = _check_times(t0, t1, batch, joint, y0.device)
     rtol_t = _check_tolerance("rtol", rtol, y0, positive=False)
@@ -137,87 +145,34 @@ def solve(
             f"step_past_t1=True needs an adaptive method whose dense output matches its order (tsit5, dopri5, "
             f"bosh3, heun) and no SaveAt(steps=True); got solver={solver!r}, steps={save.steps}"
         )
-    result = integrate(
-        solver,
-        controller,
-        term,
-        y_loop,
-        t0.detach(),
-        t1.detach(),
+    problem = ODEProblem(
+        term=term,
+        solver=solver,
+        controller=controller,
+        y0=y_loop,
+        t0=t0,
+        t1=t1,
+        direction=direction,
+        ts=ts,
+        shared_ts=ts is not None and shared_ts,
+        joint=joint,
+        batch=batch,
         rtol=rtol_t,
         atol=atol_t,
         dt0=dt0_t,
         dt_min=float(dt_min),
         dt_max=float(dt_max),
         max_steps=max_steps,
-        stops=ts.detach() if clip else None,
-        record=ts is not None or save.steps or save.dense or step_past_t1,
+        save=save,
+        clip=clip,
         step_past_t1=step_past_t1,
         compile=compile,
     )
-    dense = DenseSolution(result.records, t0.detach(), result.t, direction, y_loop)
-    success = result.status == Status.SUCCESS
-    if ts is not None:
-        out_ts, ys = (ts[0] if shared_ts else ts), dense(ts)
-    elif save.steps:
-        out_ts, ys = dense.steps()
-    elif step_past_t1:
-        out_ts = t1[:, None]
-        ys = dense(out_ts)
-    else:
-        # dy(t1)/dt1 = f(t1, y(t1)): a straight-through term carries the gradient to t1.
-        y1 = result.y + per_sample(t1 - t1.detach(), result.f) * result.f if t1.requires_grad else result.y
-        out_ts = t1[:, None]
-        ys = torch.where(per_sample(success, y1), y1, torch.nan).unsqueeze(1)
-
-    evaluate = None
-    if save.dense:
-
-        def evaluate(t: torch.Tensor | float) -> torch.Tensor:
-            t = torch.as_tensor(t, device=y0.device)
-            scalar = t.ndim == 0
-            tq = check_save_times(t.reshape(1) if scalar else t, t0, t1, direction)
-            out = dense(tq)
-            out = _from_loop_layout(out, joint)
-            return out[:, 0] if scalar else out
-
-    stats = Stats(
-        n_f_evals=result.n_f_evals,
-        n_steps=result.n_steps,
-        n_accepted=result.n_accepted,
-        n_rejected=result.n_rejected,
-        n_iterations=result.n_iterations,
-        **result.solver_stats,
-    )
-    status, t_final, y_final = result.status, result.t, result.y
-    if step_past_t1:  # report the state at t1, not where the last step overshot to
-        t_final = torch.where(success, t1.detach(), t_final)
-        y_final = torch.where(per_sample(success, y_final), dense(t_final[:, None])[:, 0], y_final)
-    if joint:
-        expand = lambda x: x.expand(batch)  # noqa: E731
-        stats = Stats(
-            *(expand(x) for x in (stats.n_f_evals, stats.n_steps, stats.n_accepted, stats.n_rejected)),
-            n_iterations=stats.n_iterations,
-        )
-        status, t_final, y_final = expand(status), expand(t_final), y_final[0]
-        out_ts = out_ts[0]
-    solution = Solution(
-        ts=out_ts,
-        ys=_from_loop_layout(ys, joint),
-        status=status,
-        stats=stats,
-        t_final=t_final,
-        y_final=y_final,
-        _dense=evaluate,
-    )
+    strategy.check(problem)
+    solution = strategy.solve(problem)
     if throw and not bool(solution.success.all()):
         raise SolveError(solution)
     return solution
-
-
-def _from_loop_layout(ys: torch.Tensor, joint: bool) -> torch.Tensor:
-    """Joint mode's loop output ``(1, T, B, *S)`` becomes ``(B, T, *S)``."""
-    return ys[0].movedim(0, 1) if joint else ys
 
 
 def _check_y0(y0: Any) -> torch.Tensor:
@@ -254,11 +209,6 @@ def _as_time(name: str, t: Any, batch: int, device: torch.device) -> torch.Tenso
 def _check_times(t0: Any, t1: Any, batch: int, joint: bool, device: torch.device):
     t0 = _as_time("t0", t0, batch, device)
     t1 = _as_time("t1", t1, batch, device)
-    if t0.requires_grad:
-        raise ValueError(
-            "t0 requires grad, but gradients with respect to t0 are not propagated yet: pass t0.detach() "
-            "(gradients with respect to t1 and save times are supported)"
-        )
     if joint and ((t0 != t0[0]).any() or (t1 != t1[0]).any()):
         raise ValueError(
             f"in joint mode the batch shares one interval: t0 and t1 must be scalars; got t0={t0.tolist()}, "
