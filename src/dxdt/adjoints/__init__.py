@@ -33,9 +33,7 @@ def get_gradient(gradient: str | AbstractGradient) -> AbstractGradient:
         return gradient
     if isinstance(gradient, str) and gradient in _BY_NAME:
         return _BY_NAME[gradient]()
-    raise ValueError(
-        f"gradient must be one of {sorted(_BY_NAME)} or an instance from dxdt.adjoints; got {gradient!r}"
-    )
+    raise ValueError(f"gradient must be one of {sorted(_BY_NAME)} or an instance from dxdt.adjoints; got {gradient!r}")
 
 
 __all__ = [

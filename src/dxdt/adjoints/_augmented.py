@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -80,3 +81,17 @@ def unflat(row: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
         out.append(row[0, i : i + x.numel()].reshape(x.shape).to(x.dtype))
         i += x.numel()
     return out
+
+
+def seminorm_tolerances(rtol: torch.Tensor, atol: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tolerances ``(n, width)`` for a flat state whose first ``rtol.shape[1]`` components are error-controlled
+    and the rest not (a seminorm): the rest get ``atol = inf``; the controlled ones are scaled so that the
+    RMS over all ``width`` components equals the RMS over the controlled ones alone."""
+    n, counted = rtol.shape
+    if counted == width:
+        return rtol, atol
+    scale = math.sqrt(counted / width)
+    rest = width - counted
+    rtol = torch.cat([rtol * scale, rtol.new_zeros(n, rest)], dim=1)
+    atol = torch.cat([atol * scale, atol.new_full((n, rest), math.inf)], dim=1)
+    return rtol, atol

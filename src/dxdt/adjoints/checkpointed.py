@@ -71,4 +71,3 @@ class Checkpointed(AbstractGradient):
             carry, done = checkpoint(self._segment, loop, carry, min(child, n - len(outputs)), use_reentrant=False)
             outputs += done
         return carry, outputs
-

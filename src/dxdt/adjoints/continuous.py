@@ -32,7 +32,7 @@ from ..interpolation.polynomial import evaluate_polynomial
 from ..solvers import AbstractSolver, get_solver
 from ..solvers._combine import per_sample
 from ..solvers.base import StepResult
-from ._augmented import AugmentedTerm, flat, unflat, vjp
+from ._augmented import AugmentedTerm, flat, seminorm_tolerances, unflat, vjp
 from ._params import find_params, unique_requiring_grad
 from .base import AbstractGradient
 
@@ -243,21 +243,15 @@ class _Sweep:
         own), and for the parameter row either the same or, with the seminorm, none."""
         adjoint, problem = self.adjoint, self.problem
         n, width = z0.shape
+        counted = width - len_g if adjoint.seminorm else width
         tols = []
         for own, forward in ((adjoint.rtol, problem.rtol), (adjoint.atol, problem.atol)):
             base = forward.reshape(n, -1) if own is None else torch.full_like(z0[:, : self.m], own)
-            reps = (width - len_g) // self.m
-            tol = base.repeat(1, reps)
-            if len_g:
-                g_tol = torch.full((n, len_g), math.inf if adjoint.seminorm else base.mean().item(), dtype=z0.dtype)
-                if adjoint.seminorm:  # the RMS norm over the counted components only
-                    tol = tol * math.sqrt(tol.shape[1] / width)
-                tol = torch.cat([tol, g_tol.to(z0.device)], dim=1)
+            tol = base.repeat(1, (width - len_g) // self.m)
+            if counted > tol.shape[1]:  # the parameter row, error-controlled at the mean tolerance
+                tol = torch.cat([tol, tol.mean(1, keepdim=True).expand(n, len_g)], dim=1)
             tols.append(tol)
-        rtol, atol = tols
-        if len_g and adjoint.seminorm:
-            rtol = torch.where(torch.isinf(atol), 0.0, rtol)
-        return rtol, atol
+        return seminorm_tolerances(*tols, width)
 
 
 class _Quadrature:

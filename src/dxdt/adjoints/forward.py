@@ -15,7 +15,7 @@ from .._problem import ODEProblem, from_loop_layout, to_loop_layout
 from .._solution import Solution, Status
 from .._term import Term
 from ..solvers._combine import per_sample
-from ._augmented import AugmentedTerm
+from ._augmented import AugmentedTerm, seminorm_tolerances
 from ._params import find_params, unique_requiring_grad
 from .base import AbstractGradient
 
@@ -35,14 +35,21 @@ class ForwardSensitivity(AbstractGradient):
     save times. A tensor requiring grad that ``f`` reads through a closure cannot be substituted: pass it in
     ``args``.
 
+    By default the sensitivities do not take part in step-size control, so the steps are the forward
+    solve's and, for explicit Runge–Kutta methods, the result is the derivative of the discrete solution:
+    :class:`Autodiff`'s gradient, to rounding.
+
     Args:
         params: restrict the differentiated parameters (a subset of the module's parameters and ``args``).
+        control_sensitivities: let the sensitivities' error estimates shape the steps too (more steps; the
+            gradient of the exact solution to the tolerances rather than of the discrete one).
     """
 
     name = "forward"
 
-    def __init__(self, params: Sequence[torch.Tensor] | None = None):
+    def __init__(self, params: Sequence[torch.Tensor] | None = None, *, control_sensitivities: bool = False):
         self.params = None if params is None else list(params)
+        self.control_sensitivities = bool(control_sensitivities)
 
     def check(self, problem: ODEProblem) -> None:
         if problem.save.steps or problem.save.dense:
@@ -66,7 +73,7 @@ class ForwardSensitivity(AbstractGradient):
                 f"outside args and its own module parameters (shapes {shapes}): pass them in args=..., or use "
                 "gradient='autodiff' or an adjoint"
             )
-        sensitivity = _Sensitivity(problem, substitution, wanted)
+        sensitivity = _Sensitivity(problem, substitution, wanted, self.control_sensitivities)
         ys = _ForwardSolve.apply(sensitivity, problem.y0, problem.t0, problem.save_times(), *wanted)
         return dataclasses.replace(sensitivity.solution, ys=from_loop_layout(ys, problem.joint))
 
@@ -112,19 +119,21 @@ class _ForwardSolve(torch.autograd.Function):
 
 
 class _Sensitivity:
-    def __init__(self, problem: ODEProblem, substitution: _Substitution, wanted: list[torch.Tensor]):
-        self.problem, self.substitution = problem, substitution
+    def __init__(self, problem: ODEProblem, substitution: _Substitution, wanted: list[torch.Tensor], control: bool):
+        self.problem, self.substitution, self.control = problem, substitution, control
         # Differentiate only the wanted tensors; the others are substituted by themselves with zero tangents.
         self.wanted = [any(p is w for w in wanted) for p in substitution.tensors]
         self.params = [p for p, w in zip(substitution.tensors, self.wanted) if w]
         self.m = problem.y0[0].numel()
+        # Columns for y0 only when its gradient (or t0's, which follows from it) can be asked for.
+        self.k0 = self.m if problem.y0.requires_grad or problem.t0.requires_grad else 0
         self.n_params = sum(p.numel() for p in self.params)
         self.solution: Solution | None = None
 
     def _tangents(self, z: torch.Tensor) -> list[torch.Tensor]:
         """One-hot parameter tangents ``(Q, *p.shape)`` for every substituted tensor (zero for y0 columns)."""
-        q, m = self.m + self.n_params, self.m
-        out, offset = [], m
+        q = self.k0 + self.n_params
+        out, offset = [], self.k0
         for p, wanted in zip(self.substitution.tensors, self.wanted):
             tangent = torch.zeros((q, p.numel()), dtype=p.dtype, device=p.device)
             if wanted:
@@ -134,8 +143,8 @@ class _Sensitivity:
         return out
 
     def forward(self) -> torch.Tensor:
-        problem, m = self.problem, self.m
-        q = m + self.n_params
+        problem, m, k0 = self.problem, self.m, self.k0
+        q = k0 + self.n_params
         values = [p.detach() for p in self.substitution.tensors]
         y0 = problem.y0.detach()
         n = y0.shape[0]
@@ -143,7 +152,7 @@ class _Sensitivity:
         with torch.no_grad():
             tangents = self._tangents(y0)
             s0 = torch.zeros(n, q, m, dtype=y0.dtype, device=y0.device)
-            s0[:, :m] = torch.eye(m, dtype=y0.dtype, device=y0.device)
+            s0[:, :k0] = torch.eye(k0, m, dtype=y0.dtype, device=y0.device)
             z0 = torch.cat([y0.reshape(n, m), s0.reshape(n, q * m)], dim=1)
 
             def sensitivity_field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -162,8 +171,11 @@ class _Sensitivity:
             reps = q + 1
             loop = problem.loop()
             loop.term = AugmentedTerm(sensitivity_field)
-            loop.rtol = problem.rtol.reshape(n, m).repeat(1, reps)
-            loop.atol = problem.atol.reshape(n, m).repeat(1, reps)
+            rtol, atol = problem.rtol.reshape(n, m), problem.atol.reshape(n, m)
+            if self.control:
+                loop.rtol, loop.atol = rtol.repeat(1, reps), atol.repeat(1, reps)
+            else:
+                loop.rtol, loop.atol = seminorm_tolerances(rtol, atol, reps * m)
             result = integrate(loop, z0)
             self.success = result.status == Status.SUCCESS
             # The saved augmented states through the usual assembly (save times, t1), in loop layout; and the
@@ -182,7 +194,8 @@ class _Sensitivity:
         grad = torch.where(ok, grad_ys, 0.0).reshape(n, n_t, 1, m)
         jac = torch.where(ok.reshape(n, 1, 1, 1), self.jacobian, 0.0)
         g = (grad * jac).sum(dim=(1, 3))  # (n, Q)
-        grad_y0 = g[:, :m].reshape(problem.y0.shape)
+        k0 = self.k0
+        grad_y0 = g[:, :k0].reshape(problem.y0.shape) if k0 else torch.zeros_like(problem.y0)
         t0 = problem.t0.detach()
         grad_t0 = None
         if needs[1]:
@@ -195,7 +208,7 @@ class _Sensitivity:
                 [(grad_ys[:, k] * problem.term(ts[:, k], saved[:, k])).flatten(1).sum(1) for k in range(n_t)], dim=1
             )
             grad_ts = torch.where(self.success[:, None], grad_ts, 0.0)
-        grads, offset = [], m
+        grads, offset = [], k0
         for p in self.params:
             grads.append(g[:, offset : offset + p.numel()].sum(0).reshape(p.shape).to(p.dtype))
             offset += p.numel()
