@@ -2,8 +2,8 @@
 
 ``from dxdt.compat.torchdiffeq import odeint`` accepts torchdiffeq's arguments (``func(t, y)``, ``y0`` of any
 shape or a tuple of tensors, a 1-D ``t`` whose first entry is the initial time, ``rtol``/``atol``, ``method``,
-``options``) and returns what torchdiffeq returns. ``odeint_adjoint`` and ``odeint_event`` are not provided
-(yet): use :func:`dxdt.solve` for those.
+``options``) and returns what torchdiffeq returns; ``odeint_adjoint`` likewise, with the continuous adjoint
+of :class:`dxdt.adjoints.BacksolveAdjoint`. ``odeint_event`` is not provided (yet).
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 from .. import ButcherTableau, Dopri5, Euler, ExplicitRungeKutta, Midpoint, PIController, SaveAt, solve
+from ..adjoints import BacksolveAdjoint
 
 TensorOrTuple = torch.Tensor | tuple[torch.Tensor, ...]
 
@@ -178,6 +180,75 @@ def odeint(
         gives 0), or ``func(t_i, y_i)`` (fixed grid without ``step_size``, where torchdiffeq
         differentiates the grid itself; the two agree to the discretisation error).
     """
+    return _odeint(func, y0, t, rtol, atol, method, options, gradient=None)
+
+
+def odeint_adjoint(
+    func: Callable[[torch.Tensor, TensorOrTuple], TensorOrTuple],
+    y0: TensorOrTuple,
+    t: torch.Tensor,
+    rtol: float | torch.Tensor | Sequence[float | torch.Tensor] = 1e-7,
+    atol: float | torch.Tensor | Sequence[float | torch.Tensor] = 1e-9,
+    method: str | None = None,
+    options: dict[str, Any] | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: float | None = None,
+    adjoint_atol: float | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict[str, Any] | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> TensorOrTuple:
+    """torchdiffeq's ``odeint_adjoint``: :func:`odeint` whose gradients come from the continuous adjoint.
+
+    The backward pass solves the adjoint equation backwards in time (:class:`dxdt.adjoints.BacksolveAdjoint`),
+    so memory does not grow with the number of steps. Same arguments as :func:`odeint`, plus:
+
+    Args:
+        adjoint_rtol, adjoint_atol: tolerances of the backward solve (default: ``rtol``, ``atol``).
+        adjoint_method: its method (default: ``method``).
+        adjoint_options: ``{"norm": "seminorm"}`` leaves the parameter gradients out of the backward error
+            norm (fewer steps; torchdiffeq's recommendation); ``max_num_steps`` bounds the backward solve.
+        adjoint_params: the tensors to compute gradients for; default ``tuple(func.parameters())``, which
+            needs ``func`` to be an ``nn.Module`` (as in torchdiffeq).
+
+    Gradients reach ``y0``, ``adjoint_params`` and every entry of ``t`` (``t[0]`` included). Only first
+    derivatives: a double backward raises. ``event_fn`` (event handling) is not supported yet and raises.
+    """
+    if event_fn is not None:
+        raise ValueError("event_fn is not supported by dxdt.compat.torchdiffeq.odeint_adjoint yet")
+    if adjoint_params is None:
+        if not isinstance(func, nn.Module):
+            raise ValueError(
+                "func must be an instance of nn.Module to specify the adjoint parameters; alternatively they can be "
+                "specified explicitly via the `adjoint_params` argument. If there are no parameters then it is "
+                "allowable to set `adjoint_params=()`."
+            )
+        adjoint_params = tuple(func.parameters())
+    extra = set(adjoint_options or {}) - {"norm", "max_num_steps"}
+    if extra:
+        raise ValueError(f"adjoint_options supports 'norm' and 'max_num_steps'; got {sorted(extra)}")
+    norm = (adjoint_options or {}).get("norm", "default")
+    if norm not in ("default", "seminorm"):
+        raise ValueError(f"adjoint_options['norm'] must be 'seminorm' or 'default'; got {norm!r}")
+    if adjoint_method is not None and adjoint_method not in ADAPTIVE_METHODS:
+        raise ValueError(f"adjoint_method must be one of {', '.join(ADAPTIVE_METHODS)}; got {adjoint_method!r}")
+    if options and options.get("step_size") is not None:
+        raise ValueError(
+            "options['step_size'] (a fixed grid with interpolation) is not supported by odeint_adjoint: use odeint, "
+            "or a fixed-grid method with the grid as t"
+        )
+    gradient = BacksolveAdjoint(
+        params=[p for p in adjoint_params if p.requires_grad],
+        solver=ADAPTIVE_METHODS[adjoint_method] if adjoint_method is not None else None,
+        rtol=adjoint_rtol,
+        atol=adjoint_atol,
+        seminorm=norm == "seminorm",
+        max_steps=(adjoint_options or {}).get("max_num_steps"),
+    )
+    return _odeint(func, y0, t, rtol, atol, method, options, gradient=gradient)
+
+
+def _odeint(func, y0, t, rtol, atol, method, options, gradient: BacksolveAdjoint | None) -> TensorOrTuple:
     if method is None:
         method = "dopri5"
     if method not in METHODS:
@@ -206,9 +277,9 @@ def odeint(
     if len(t) == 1:
         ys = y_flat.unsqueeze(0).clone()
     elif method in ADAPTIVE_METHODS:
-        ys = _solve_adaptive(f, y_flat, t, method, rtol_flat, atol_flat, opts)
+        ys = _solve_adaptive(f, y_flat, t, method, rtol_flat, atol_flat, opts, gradient)
     elif opts.get("step_size") is None:
-        ys = _solve_on_t(f, y_flat, t, ExplicitRungeKutta(FIXED_METHODS[method]), opts)
+        ys = _solve_on_t(f, y_flat, t, ExplicitRungeKutta(FIXED_METHODS[method]), opts, gradient)
     else:
         ys = _solve_step_size(f, y_flat, t, ExplicitRungeKutta(FIXED_METHODS[method]), opts)
 
@@ -266,11 +337,12 @@ def _solve_adaptive(
     rtol: float | torch.Tensor,
     atol: float | torch.Tensor,
     opts: dict[str, Any],
+    gradient: BacksolveAdjoint | None,
 ) -> torch.Tensor:
     sol = solve(
         f,
         y_flat.unsqueeze(0),
-        t[0].detach(),
+        t[0] if gradient is not None else t[0].detach(),
         t[-1].detach(),
         solver=ADAPTIVE_METHODS[method],
         saveat=t[1:],  # keeps t's graph: gradients reach the save times
@@ -281,17 +353,20 @@ def _solve_adaptive(
         controller=TorchdiffeqController(),
         batch_mode="joint",
         step_past_t1=method in _STEP_PAST_T1,
+        gradient=gradient or "autodiff",
     )
     return torch.cat([y_flat.unsqueeze(0), sol.ys[0]])
 
 
-def _solve_on_t(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: Any, opts: dict) -> torch.Tensor:
+def _solve_on_t(
+    f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: Any, opts: dict, gradient: BacksolveAdjoint | None
+) -> torch.Tensor:
     """torchdiffeq's fixed grid without ``step_size``: the grid is ``t``, one step per interval."""
     t64 = t.detach().to(torch.float64)
     sol = solve(
         f,
         y_flat.unsqueeze(0),
-        t64[0],
+        t[0].to(torch.float64) if gradient is not None else t64[0],
         t64[-1],
         solver=solver,
         # Fixed-step methods end a step on every save time; a step as long as the whole interval makes each
@@ -300,6 +375,7 @@ def _solve_on_t(f: _FlatFunc, y_flat: torch.Tensor, t: torch.Tensor, solver: Any
         dt0=(t64[-1] - t64[0]).abs(),
         max_steps=opts.get("max_num_steps", len(t) - 1),
         batch_mode="joint",
+        gradient=gradient or "autodiff",
     )
     return torch.cat([y_flat.unsqueeze(0), sol.ys[0]])
 
