@@ -116,6 +116,10 @@ class ContinuousAdjoint(AbstractGradient):
     def state_at(self, sweep: _Sweep, t: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(y, a)`` in loop layout from the flat backward state ``z`` at times ``t``."""
 
+    def stops(self, sweep: _Sweep, t_start: torch.Tensor, t_end: torch.Tensor) -> torch.Tensor | None:
+        """Times ``(n, K)`` the backward steps must land on between ``t_start`` and ``t_end``, or ``None``."""
+        return None
+
 
 class _AdjointSolve(torch.autograd.Function):
     """Forward: the solve without a graph. Backward: the adjoint sweep."""
@@ -212,7 +216,7 @@ class _Sweep:
             dt_min=problem.dt_min,
             dt_max=problem.dt_max,
             max_steps=adjoint.max_steps or problem.max_steps,
-            stops=None,
+            stops=adjoint.stops(self, t_start, t_end),
             record=False,
             on_step=quadrature,
         )

@@ -27,6 +27,17 @@ class InterpolatingAdjoint(ContinuousAdjoint):
         y = sweep.dense(t[:, None])[:, 0]
         return y, z[:, : sweep.m].reshape(y.shape)
 
+    def stops(self, sweep: _Sweep, t_start, t_end):
+        # Backward steps never straddle a forward step: inside one, y(t) is a single smooth polynomial, so the
+        # adjoint and the parameter integrand resolve y's fast transients even where a itself is smooth.
+        records = sweep.dense.records
+        if records is None:
+            return None
+        ends = records.t_end.T.flip(1)  # (n, I): forward step ends, in the backward direction
+        direction = torch.where(t_end >= t_start, 1.0, -1.0).to(ends.dtype)[:, None]
+        beyond = (ends - t_end[:, None]) * direction >= 0
+        return torch.where(beyond, t_end[:, None], ends)
+
     def field(self, sweep: _Sweep, joint_params):
         term = sweep.problem.term
 
