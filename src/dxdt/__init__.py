@@ -61,7 +61,7 @@ __all__ = [
 ]
 
 
-_SUBMODULES = ("compat", "fit", "models", "optim", "plot")
+_SUBMODULES = ("adjoints", "compat", "fit", "models", "nn", "optim", "plot")
 
 
 def __getattr__(name: str):
