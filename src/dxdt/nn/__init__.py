@@ -1,8 +1,24 @@
 """Neural differential-equation models: tested, documented modules rather than example scripts.
 
+- :class:`CNF`: continuous normalizing flows (FFJORD) with exact or Hutchinson traces, docs/cnf.md.
+- :func:`regularized`: kinetic-energy and Jacobian-norm regularizers for any vector field (Finlay et al.
+  2020), docs/cnf.md.
 - :class:`LatentODE`, :class:`ODERNN`: irregularly sampled time series (Rubanova et al. 2019), docs/latent_ode.md.
 """
 
+from .cnf import CNF, CNFOutput, ConcatMLP
 from .latent_ode import ODERNN, ELBOTerms, LatentODE, MLPField, gaussian_kl
+from .regularizers import Regularization, regularized
 
-__all__ = ["ODERNN", "ELBOTerms", "LatentODE", "MLPField", "gaussian_kl"]
+__all__ = [
+    "CNF",
+    "ODERNN",
+    "CNFOutput",
+    "ConcatMLP",
+    "ELBOTerms",
+    "LatentODE",
+    "MLPField",
+    "Regularization",
+    "gaussian_kl",
+    "regularized",
+]
