@@ -288,3 +288,27 @@ def test_dt0_of_the_wrong_length():
     with pytest.raises(ValueError, match=r"dt0.*\(3,\)"):
         call(f, dt0=torch.tensor([0.1, 0.2, 0.3]))
     assert f.calls == 0
+
+
+def test_rtol_below_the_dtype_roundoff_warns():
+    y0 = torch.ones(1, 2)  # float32: unit roundoff 6e-8
+    with pytest.warns(UserWarning, match=r"rtol=1e-10 is below the unit roundoff of torch\.float32"):
+        dxdt.solve(lambda t, y: -y, y0, 0.0, 0.1, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_sensitivities_refuse_a_size_that_cannot_fit(monkeypatch):
+    from dxdt.adjoints import forward
+
+    monkeypatch.setattr(forward, "MAX_SENSITIVITY_ENTRIES", 100)
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 4).double()
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    y0 = torch.ones(2, 4, dtype=F64, requires_grad=True)
+    with pytest.raises(ValueError, match=r"would integrate 24 sensitivity columns \(the 4 state components of y0 and 20"):
+        dxdt.solve(Field(), y0, 0.0, 1.0, gradient="forward")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -104,6 +105,7 @@ def solve(
     t0, t1 = _check_times(t0, t1, batch, joint, y0.device)
     rtol_t = _check_tolerance("rtol", rtol, y0, positive=False)
     atol_t = _check_tolerance("atol", atol, y0, positive=True)
+    _warn_unresolvable_tolerance(rtol_t, y0)
     _check_int("max_steps", max_steps)
     for name, value in (("dt_min", dt_min), ("dt_max", dt_max)):
         if not isinstance(value, (int, float)) or math.isnan(value) or value < 0:
@@ -234,6 +236,21 @@ def _check_tolerance(name: str, tol: Any, y0: torch.Tensor, positive: bool) -> t
         hint = " (a zero atol divides by zero where y = 0: use a small value such as 1e-12)" if positive else ""
         raise ValueError(f"{name} must be {need} and finite; got {tol_t[bad].flatten()[0].item()}{hint}")
     return tol_t
+
+
+def _warn_unresolvable_tolerance(rtol: torch.Tensor, y0: torch.Tensor) -> None:
+    """Below the unit roundoff of y0's dtype a relative tolerance cannot be met: steps shrink to rounding noise
+    (float32 at rtol=1e-10 took 60× the steps of float64 and still reported success)."""
+    if not y0.is_floating_point() or y0.dtype == torch.float64:
+        return
+    roundoff = torch.finfo(y0.dtype).eps / 2
+    if float(rtol.max()) < roundoff:
+        warnings.warn(
+            f"rtol={float(rtol.max()):.3g} is below the unit roundoff of {y0.dtype} ({roundoff:.3g}): the solver "
+            f"cannot meet it and will take needlessly many steps. Use float64 (y0.double()) or rtol >= "
+            f"{100 * roundoff:.1g}",
+            stacklevel=3,
+        )
 
 
 def _check_int(name: str, value: Any) -> None:

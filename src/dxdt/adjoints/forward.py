@@ -74,6 +74,7 @@ class ForwardSensitivity(AbstractGradient):
                 "gradient='autodiff' or an adjoint"
             )
         sensitivity = _Sensitivity(problem, substitution, wanted, self.control_sensitivities)
+        _check_size(sensitivity)
         ys = _ForwardSolve.apply(sensitivity, problem.y0, problem.t0, problem.save_times(), *wanted)
         return dataclasses.replace(sensitivity.solution, ys=from_loop_layout(ys, problem.joint))
 
@@ -227,3 +228,21 @@ def _state_part(result: LoopResult, m: int, shape: torch.Size) -> LoopResult:
     return dataclasses.replace(
         result, y=result.y[:, :m].reshape(shape), f=result.f[:, :m].reshape(shape), records=records
     )
+
+
+#: The most sensitivity entries (columns × state size × samples) a forward-sensitivity solve may carry:
+#: 2**27 is 0.5 GiB in float32 per copy of the state, and a step holds about ten copies.
+MAX_SENSITIVITY_ENTRIES = 2**27
+
+
+def _check_size(sensitivity: _Sensitivity) -> None:
+    problem = sensitivity.problem
+    columns = sensitivity.k0 + sensitivity.n_params
+    entries = columns * sensitivity.m * problem.y0.shape[0]
+    if entries > MAX_SENSITIVITY_ENTRIES:
+        raise ValueError(
+            f"gradient='forward' would integrate {columns} sensitivity columns (the {sensitivity.k0} state components "
+            f"of y0 and {sensitivity.n_params} parameters) of {sensitivity.m * problem.y0.shape[0]} entries each: "
+            f"{entries:.3g} numbers per state, more than the {MAX_SENSITIVITY_ENTRIES:.3g} allowed. Forward "
+            "sensitivities are for a few parameters; use gradient='backsolve', 'interpolate' or 'autodiff'"
+        )
