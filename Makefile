@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo demo-vdp test test-slow lint bench clean
+.PHONY: demo demo-vdp demo-digits test test-slow lint bench clean
 
 # Fit an SIR model to the bundled 1978 boarding-school influenza outbreak, with intervals and a 7-day forecast.
 demo: $(VENV)/.installed
@@ -16,6 +16,10 @@ demo: $(VENV)/.installed
 # 64 Van der Pol oscillators, each with its own adaptive steps.
 demo-vdp: $(VENV)/.installed
 	$(BIN)/python examples/van_der_pol_batch.py --out van_der_pol.png
+
+# A small CNN with a neural-ODE block on scikit-learn's 8x8 digits (about 98% test accuracy in under a minute).
+demo-digits: $(VENV)/.installed
+	$(BIN)/python examples/nn_digits.py --out nn_digits.png
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n 2
@@ -33,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[dev,plot,bench]"
+	$(BIN)/pip install --quiet -e ".[dev,plot,bench,examples]"
 	touch $@
 
 clean:
