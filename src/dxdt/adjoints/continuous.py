@@ -33,6 +33,7 @@ from ..solvers import AbstractSolver, get_solver
 from ..solvers._combine import per_sample
 from ..solvers.base import StepResult
 from ._augmented import AugmentedTerm, flat, seminorm_tolerances, unflat, vjp
+from ._function import DifferentiableSolve
 from ._params import find_params, unique_requiring_grad
 from .base import AbstractGradient
 
@@ -101,7 +102,7 @@ class ContinuousAdjoint(AbstractGradient):
         if params is None:
             params = find_params(problem.term.f, problem.term.args)
         sweep = _Sweep(self, problem, params)
-        ys = _AdjointSolve.apply(sweep, problem.y0, problem.t0, problem.save_times(), *params)
+        ys = DifferentiableSolve.apply(sweep, problem.y0, problem.t0, problem.save_times(), *params)
         return dataclasses.replace(sweep.solution, ys=from_loop_layout(ys, problem.joint))
 
     @abc.abstractmethod
@@ -119,20 +120,6 @@ class ContinuousAdjoint(AbstractGradient):
     def stops(self, sweep: _Sweep, t_start: torch.Tensor, t_end: torch.Tensor) -> torch.Tensor | None:
         """Times ``(n, K)`` the backward steps must land on between ``t_start`` and ``t_end``, or ``None``."""
         return None
-
-
-class _AdjointSolve(torch.autograd.Function):
-    """Forward: the solve without a graph. Backward: the adjoint sweep."""
-
-    @staticmethod
-    def forward(ctx, sweep: _Sweep, y0, t0, ts, *params):
-        ctx.sweep = sweep
-        return sweep.forward()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ys):
-        return (None, *ctx.sweep.backward(grad_ys, ctx.needs_input_grad[1:]))
 
 
 class _Sweep:

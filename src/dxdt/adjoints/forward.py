@@ -16,6 +16,7 @@ from .._solution import Solution, Status
 from .._term import Term
 from ..solvers._combine import per_sample
 from ._augmented import AugmentedTerm, seminorm_tolerances
+from ._function import DifferentiableSolve
 from ._params import find_params, unique_requiring_grad
 from .base import AbstractGradient
 
@@ -75,7 +76,7 @@ class ForwardSensitivity(AbstractGradient):
             )
         sensitivity = _Sensitivity(problem, substitution, wanted, self.control_sensitivities)
         _check_size(sensitivity)
-        ys = _ForwardSolve.apply(sensitivity, problem.y0, problem.t0, problem.save_times(), *wanted)
+        ys = DifferentiableSolve.apply(sensitivity, problem.y0, problem.t0, problem.save_times(), *wanted)
         return dataclasses.replace(sensitivity.solution, ys=from_loop_layout(ys, problem.joint))
 
 
@@ -105,18 +106,6 @@ class _Substitution:
         call_args = (t_user, y_user, args) if term.pass_args else (t_user, y_user)
         out = functional_call(self.module, module_values, call_args) if self.module is not None else term.f(*call_args)
         return out.unsqueeze(0) if term.joint else out
-
-
-class _ForwardSolve(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, sensitivity: _Sensitivity, y0, t0, ts, *params):
-        ctx.sensitivity = sensitivity
-        return sensitivity.forward()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_ys):
-        return (None, *ctx.sensitivity.backward(grad_ys, ctx.needs_input_grad[1:]))
 
 
 class _Sensitivity:
