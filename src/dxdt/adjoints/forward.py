@@ -66,7 +66,7 @@ class ForwardSensitivity(AbstractGradient):
         wanted = readable if self.params is None else unique_requiring_grad(self.params)
         unreachable = [p for p in find_params(problem.term.f, problem.term.args) if all(p is not q for q in readable)]
         if self.params is not None:
-            unreachable += [p for p in wanted if all(p is not q for q in readable)]
+            unreachable += [p for p in wanted if all(p is not q for q in readable + unreachable)]
         if unreachable:
             shapes = [tuple(p.shape) for p in unreachable[:4]]
             raise ValueError(

@@ -75,7 +75,10 @@ def jacobian(
 def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: bool, create_graph: bool):
     """Reverse mode, all rows at once (``is_grads_batched``): fast for small and large ``N`` alike."""
     batch, n = y.shape[0], y[0].numel()
-    with torch.enable_grad():
+    # Identity saved-tensor hooks keep this local graph out of any enclosing torch.utils.checkpoint region: the
+    # autograd.grad below unpacks its saved tensors at once, which would make a non-reentrant checkpoint
+    # re-run its whole segment every time (a checkpointed Kvaerno5 solve evaluated f 19× too often).
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(_keep, _keep):
         y_in = y if create_graph and y.requires_grad else y.detach().requires_grad_(True)
         t_in = t.detach().requires_grad_(True) if with_time else t
         try:
@@ -103,6 +106,10 @@ def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: 
         g_t = grads[1]
         f_t = torch.zeros_like(y) if g_t is None else g_t.reshape(n, batch).T.reshape(y.shape)
     return jac, f_t
+
+
+def _keep(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def _fd_step(y: torch.Tensor, floor: torch.Tensor | float = 1.0) -> torch.Tensor:
