@@ -238,46 +238,59 @@ class Loop:
         carry = Carry(t, y, f, dt, status, err_prev, bad_streak, state)
         return carry, IterationOutput(running, accept, extra, row)
 
-    def finish(self, carry: Carry, outputs: list[IterationOutput]) -> LoopResult:
+    def finish(self, carry: Carry, tally: Tally) -> LoopResult:
         """Mark samples still running as out of steps and count what every sample did."""
         status = torch.where(carry.status == RUNNING, Status.MAX_STEPS, carry.status)
-        batch, device = carry.y.shape[0], carry.y.device
-        if outputs:
-            n_steps = torch.stack([o.running for o in outputs]).sum(0)
-            n_accepted = torch.stack([o.accept for o in outputs]).sum(0)
-        else:
-            n_steps = n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
-        n_f_evals = self.n_init + self.solver.evals_per_step * n_steps
-        extras = [o.extra_evals for o in outputs if o.extra_evals is not None]
-        if extras:
-            n_f_evals = n_f_evals + torch.stack(extras).sum(0)
-        rows = [o.row for o in outputs if o.row is not None]
+        n_f_evals = self.n_init + self.solver.evals_per_step * tally.n_steps
+        if tally.extra_evals is not None:
+            n_f_evals = n_f_evals + tally.extra_evals
         return LoopResult(
             t=carry.t,
             y=carry.y,
             f=carry.f,
             status=status,
-            n_steps=n_steps,
-            n_accepted=n_accepted,
-            n_rejected=n_steps - n_accepted,
+            n_steps=tally.n_steps,
+            n_accepted=tally.n_accepted,
+            n_rejected=tally.n_steps - tally.n_accepted,
             n_f_evals=n_f_evals,
-            n_iterations=len(outputs),
-            records=StepRecords.stack(rows) if rows else None,
+            n_iterations=tally.n_iterations,
+            records=StepRecords.stack(tally.rows) if tally.rows else None,
             solver_stats=self.solver.statistics(carry.state),
         )
+
+
+class Tally:
+    """Running per-sample counts of the iterations so far, and the recorded steps: memory per iteration only
+    for what is recorded (a list of small tensors per iteration would fragment the heap over long solves)."""
+
+    def __init__(self, batch: int, device: torch.device):
+        self.n_iterations = 0
+        self.n_steps = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.n_accepted = torch.zeros(batch, dtype=torch.int64, device=device)
+        self.extra_evals: torch.Tensor | None = None
+        self.rows: list[tuple] = []
+
+    def add(self, out: IterationOutput) -> None:
+        self.n_iterations += 1
+        self.n_steps += out.running
+        self.n_accepted += out.accept
+        if out.extra_evals is not None:
+            self.extra_evals = out.extra_evals if self.extra_evals is None else self.extra_evals + out.extra_evals
+        if out.row is not None:
+            self.rows.append(out.row)
 
 
 def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
     """Integrate every sample of ``y0`` from ``loop.t0`` to ``loop.t1``."""
     carry = loop.start(y0)
-    outputs: list[IterationOutput] = []
+    tally = Tally(y0.shape[0], y0.device)
     # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
     for _ in range(loop.max_steps):
         if not loop.running(carry):
             break
         carry, out = loop.iterate(carry)
-        outputs.append(out)
-    return loop.finish(carry, outputs)
+        tally.add(out)
+    return loop.finish(carry, tally)
 
 
 def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol):

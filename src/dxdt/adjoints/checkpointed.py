@@ -7,7 +7,7 @@ import math
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .._loop import Carry, IterationOutput, Loop, LoopResult
+from .._loop import Carry, IterationOutput, Loop, LoopResult, Tally
 from .._problem import ODEProblem
 from .._solution import Solution
 from .base import AbstractGradient
@@ -47,14 +47,15 @@ class Checkpointed(AbstractGradient):
     def _run(self, loop: Loop, y0: torch.Tensor) -> LoopResult:
         c = self.checkpoints
         carry = loop.start(y0)
-        outputs: list[IterationOutput] = []
+        tally = Tally(y0.shape[0], y0.device)
         size = c
-        while len(outputs) < loop.max_steps and loop.running(carry):
-            n = min(size, loop.max_steps - len(outputs))
+        while tally.n_iterations < loop.max_steps and loop.running(carry):
+            n = min(size, loop.max_steps - tally.n_iterations)
             carry, done = checkpoint(self._segment, loop, carry, n, use_reentrant=False)
-            outputs += done
+            for out in done:
+                tally.add(out)
             size *= c
-        return loop.finish(carry, outputs)
+        return loop.finish(carry, tally)
 
     def _segment(self, loop: Loop, carry: Carry, n: int) -> tuple[Carry, list[IterationOutput]]:
         """Up to ``n`` iterations: plainly if ``n <= c``, else as ``c`` checkpointed children."""
