@@ -514,3 +514,45 @@ def test_failed_sample_gets_zero_gradient(gradient):
     denominator = (1 - ok * ts).square()
     torch.testing.assert_close(g_y0[[0, 2], 0], (1 / denominator).sum(1), rtol=1e-8, atol=0)
     torch.testing.assert_close(g_k, (ok.square() * ts / denominator).sum(), rtol=1e-8, atol=0)
+
+
+# -- which tensors the adjoints and forward sensitivities differentiate ----------------------------------------
+
+
+class _HeldField:
+    """A callable object (neither a function nor an nn.Module) holding its network."""
+
+    def __init__(self, net):
+        self.net = net
+
+    def __call__(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("gradient", ["backsolve", "interpolate"])
+def test_adjoints_find_the_parameters_a_callable_object_holds(gradient):
+    torch.manual_seed(0)
+    net = torch.nn.Linear(2, 2).double()
+    y0 = torch.randn(3, 2, dtype=F64)
+    grads = []
+    for g in ("autodiff", gradient):
+        sol = dxdt.solve(_HeldField(net), y0, 0.0, 1.0, rtol=1e-10, atol=1e-12, gradient=g)
+        grads.append(torch.autograd.grad(sol.ys.square().sum(), list(net.parameters())))
+    for ours, ref in zip(*grads):
+        assert torch.allclose(ours, ref, rtol=1e-7, atol=1e-10)
+
+
+@pytest.mark.parametrize("gradient", ["backsolve", "interpolate", "forward"])
+def test_a_tensor_f_reads_but_no_strategy_can_find_is_an_error(gradient):
+    """A parameter hidden in a container is not found; instead of a silently missing gradient, a clear error."""
+    w = torch.tensor([0.5], dtype=F64, requires_grad=True)
+    hidden = {"w": w}
+    y0 = torch.ones(2, 1, dtype=F64, requires_grad=True)
+    message = (
+        f"f reads 1 tensor(s) requiring grad (shapes [(1,)]) that gradient={gradient!r} did not find and would leave "
+        "without a gradient: pass every tensor to differentiate in params=[...] (e.g. list(model.parameters())) or in "
+        "args, or make f an nn.Module"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        sol = dxdt.solve(lambda t, y: -hidden["w"] * y, y0, 0.0, 1.0, gradient=gradient)
+        sol.ys.sum().backward()

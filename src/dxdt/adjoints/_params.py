@@ -47,14 +47,61 @@ def _collect(obj: Any, found: list[torch.Tensor], depth: int) -> None:
         _collect(obj.__self__, found, depth + 1)
         _collect(obj.__func__, found, depth + 1)
     elif inspect.isfunction(obj):
-        for cell in obj.__closure__ or ():
-            try:
-                value = cell.cell_contents
-            except ValueError:  # an empty cell
-                continue
-            if isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
-                _collect(value, found, depth + 1)
-        for name in obj.__code__.co_names:
-            value = obj.__globals__.get(name)
+        _collect_function(obj, found, depth)
+    elif callable(obj) and hasattr(obj, "__dict__"):  # an object with __call__: what it holds and its method reads
+        for value in vars(obj).values():
             if isinstance(value, (torch.Tensor, nn.Module)):
                 _collect(value, found, depth + 1)
+        call = getattr(type(obj), "__call__", None)
+        if inspect.isfunction(call):
+            _collect_function(call, found, depth + 1)
+
+
+def _collect_function(obj: Any, found: list[torch.Tensor], depth: int) -> None:
+    """Modules and tensors a function closes over or names as globals."""
+    for cell in obj.__closure__ or ():
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if isinstance(value, (torch.Tensor, nn.Module)) or callable(value):
+            _collect(value, found, depth + 1)
+    for name in obj.__code__.co_names:
+        value = obj.__globals__.get(name)
+        if isinstance(value, (torch.Tensor, nn.Module)):
+            _collect(value, found, depth + 1)
+
+
+def untracked_leaves(out: torch.Tensor, known: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The tensors requiring grad that ``out``'s autograd graph reaches besides ``known`` (leaves, or non-leaf
+    tensors whose graph is not followed further): what a strategy that differentiates only ``known`` would
+    silently leave without a gradient."""
+    stop_nodes = {x.grad_fn for x in known if x.grad_fn is not None}
+    stop_leaves = {id(x) for x in known if x.grad_fn is None}
+    found: list[torch.Tensor] = []
+    seen: set = set()
+    stack = [out.grad_fn]
+    while stack:  # bounded: every node of the (finite) graph is visited once
+        node = stack.pop()
+        if node is None or node in seen or node in stop_nodes:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)  # AccumulateGrad: a leaf
+        if variable is not None:
+            if id(variable) not in stop_leaves:
+                found.append(variable)
+            continue
+        stack.extend(fn for fn, _ in node.next_functions)
+    return found
+
+
+def check_tracked(out: torch.Tensor, known: list[torch.Tensor], strategy: str) -> None:
+    """Raise if ``f``'s output depends on tensors requiring grad outside ``known``."""
+    missed = untracked_leaves(out, known)
+    if missed:
+        shapes = [tuple(x.shape) for x in missed[:4]]
+        raise ValueError(
+            f"f reads {len(missed)} tensor(s) requiring grad (shapes {shapes}) that gradient={strategy!r} did not "
+            "find and would leave without a gradient: pass every tensor to differentiate in params=[...] (e.g. "
+            "list(model.parameters())) or in args, or make f an nn.Module"
+        )

@@ -34,7 +34,7 @@ from ..solvers._combine import per_sample
 from ..solvers.base import StepResult
 from ._augmented import AugmentedTerm, flat, seminorm_tolerances, unflat, vjp
 from ._function import DifferentiableSolve
-from ._params import find_params, unique_requiring_grad
+from ._params import check_tracked, find_params, unique_requiring_grad
 from .base import AbstractGradient
 
 # Gauss–Legendre nodes and weights on [0, 1]: exact for polynomials of degree 5.
@@ -161,6 +161,7 @@ class _Sweep:
         ys = torch.where(okv.unsqueeze(1), ys, y0.unsqueeze(1))
         ts = torch.where(ok[:, None], ts, t0[:, None])
 
+        self._check_tracked(ts[:, -1], ys[:, -1])
         a = torch.zeros_like(y0)
         g_theta = [torch.zeros_like(p) for p in params]
         grad_ts = torch.zeros_like(ts) if needs_ts else None
@@ -179,6 +180,14 @@ class _Sweep:
         grad_y0 = a if needs[0] else None
         grad_params = [g.to(p.dtype) for g, p in zip(g_theta, params)]
         return (grad_y0, grad_t0, grad_ts, *grad_params)
+
+    def _check_tracked(self, t: torch.Tensor, y: torch.Tensor) -> None:
+        """One evaluation of f with gradients on: every tensor it reads that requires grad must be a parameter."""
+        with torch.enable_grad():
+            y_in = y.detach().requires_grad_(True)
+            out = self.problem.term(t, y_in)
+        if out.requires_grad:
+            check_tracked(out, [*self.params, y_in], self.adjoint.name)
 
     def _interval(self, t_start: torch.Tensor, t_end: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
         """Integrate the adjoint from ``t_start`` back to ``t_end``; the new ``a`` and the parameter gradients."""

@@ -17,7 +17,7 @@ from .._term import Term
 from ..solvers._combine import per_sample
 from ._augmented import AugmentedTerm, seminorm_tolerances
 from ._function import DifferentiableSolve
-from ._params import find_params, unique_requiring_grad
+from ._params import check_tracked, find_params, unique_requiring_grad
 from .base import AbstractGradient
 
 
@@ -74,6 +74,12 @@ class ForwardSensitivity(AbstractGradient):
                 f"outside args and its own module parameters (shapes {shapes}): pass them in args=..., or use "
                 "gradient='autodiff' or an adjoint"
             )
+        if torch.is_grad_enabled():
+            with torch.enable_grad():
+                y_in = problem.y0.detach().requires_grad_(True)
+                out = problem.term(problem.t0.detach(), y_in)
+            if out.requires_grad:
+                check_tracked(out, [*readable, y_in], self.name)
         sensitivity = _Sensitivity(problem, substitution, wanted, self.control_sensitivities)
         _check_size(sensitivity)
         ys = DifferentiableSolve.apply(sensitivity, problem.y0, problem.t0, problem.save_times(), *wanted)
