@@ -74,7 +74,7 @@ class ForwardSensitivity(AbstractGradient):
                 f"outside args and its own module parameters (shapes {shapes}): pass them in args=..., or use "
                 "gradient='autodiff' or an adjoint"
             )
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and self.params is None:  # found automatically: make sure nothing was missed
             with torch.enable_grad():
                 y_in = problem.y0.detach().requires_grad_(True)
                 out = problem.term(problem.t0.detach(), y_in)
