@@ -52,7 +52,7 @@ def _collect(obj: Any, found: list[torch.Tensor], depth: int) -> None:
         for value in vars(obj).values():
             if isinstance(value, (torch.Tensor, nn.Module)):
                 _collect(value, found, depth + 1)
-        call = getattr(type(obj), "__call__", None)
+        call = vars(type(obj)).get("__call__")
         if inspect.isfunction(call):
             _collect_function(call, found, depth + 1)
 
