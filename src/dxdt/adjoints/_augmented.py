@@ -46,15 +46,20 @@ def vjp(
     *,
     wrt_y: bool = True,
     create_graph: bool = False,
+    inspect: Callable[[torch.Tensor, list[torch.Tensor]], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
     """``f(t, y)``, ``cᵀ ∂f/∂y`` (if ``wrt_y``) and ``cᵀ ∂f/∂θ`` for every ``θ`` in ``params``, zeros where unused.
 
     With ``create_graph`` the results stay differentiable in ``y``, ``cotangent`` and ``t`` (implicit solvers
     differentiate the adjoint equations for their Jacobians); otherwise ``y`` is detached first.
+    ``inspect(out, inputs)`` sees ``f``'s output with its graph (and its inputs ``y``, ``t``) before it is
+    differentiated.
     """
     with torch.enable_grad():
         y_in = y if create_graph and y.requires_grad else y.detach().requires_grad_(wrt_y)
         out = term(t, y_in)
+        if inspect is not None:
+            inspect(out, [y_in, t])
         inputs = ([y_in] if wrt_y else []) + params
         if out.requires_grad and inputs:
             grads = torch.autograd.grad(out, inputs, cotangent, create_graph=create_graph, allow_unused=True)

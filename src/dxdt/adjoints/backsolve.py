@@ -36,7 +36,7 @@ class BacksolveAdjoint(ContinuousAdjoint):
         def backsolve_field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             y, a = self.state_at(sweep, t, z)
             create = z.requires_grad or t.requires_grad  # implicit solvers differentiate this field
-            f_y, a_f_y, a_f_p = vjp(term, t, y, a, joint_params, create_graph=create)
+            f_y, a_f_y, a_f_p = vjp(term, t, y, a, joint_params, create_graph=create, inspect=sweep.inspect)
             parts = [f_y.flatten(1), -a_f_y.flatten(1)]
             if joint_params:
                 parts.append(-flat(a_f_p, z))

@@ -162,8 +162,8 @@ class _Sweep:
         ys = torch.where(okv.unsqueeze(1), ys, y0.unsqueeze(1))
         ts = torch.where(ok[:, None], ts, t0[:, None])
 
-        if self.adjoint.params is None:  # found automatically: make sure nothing was missed
-            self._check_tracked(ts[:, -1], ys[:, -1])
+        # Parameters found automatically: the first backward evaluation of f checks that none was missed.
+        self.unchecked = self.adjoint.params is None
         a = torch.zeros_like(y0)
         g_theta = [torch.zeros_like(p) for p in params]
         grad_ts = torch.zeros_like(ts) if needs_ts else None
@@ -183,13 +183,11 @@ class _Sweep:
         grad_params = [g.to(p.dtype) for g, p in zip(g_theta, params)]
         return (grad_y0, grad_t0, grad_ts, *grad_params)
 
-    def _check_tracked(self, t: torch.Tensor, y: torch.Tensor) -> None:
-        """One evaluation of f with gradients on: every tensor it reads that requires grad must be a parameter."""
-        with torch.enable_grad():
-            y_in = y.detach().requires_grad_(True)
-            out = self.problem.term(t, y_in)
-        if out.requires_grad:
-            check_tracked(out, [*self.params, y_in], self.adjoint.name)
+    def inspect(self, out: torch.Tensor, inputs: list[torch.Tensor]) -> None:
+        """Once per backward pass: every tensor requiring grad that f reads must be a parameter."""
+        if self.unchecked and out.requires_grad:
+            self.unchecked = False
+            check_tracked(out, [*self.params, *inputs], self.adjoint.name)
 
     def _interval(self, t_start: torch.Tensor, t_end: torch.Tensor, y: torch.Tensor, a: torch.Tensor):
         """Integrate the adjoint from ``t_start`` back to ``t_end``; the new ``a`` and the parameter gradients."""
@@ -274,5 +272,5 @@ class _Quadrature:
             y_q, a_q = sweep.adjoint.state_at(sweep, t_q, z_q)
             # d g/dt = -aᵀ ∂f/∂θ integrated over [t, t + dt] (dt < 0 backwards in time).
             cotangent = a_q * per_sample(-weight * dt, a_q)
-            _, _, grads = vjp(sweep.problem.term, t_q, y_q, cotangent, self.params, wrt_y=False)
+            _, _, grads = vjp(sweep.problem.term, t_q, y_q, cotangent, self.params, wrt_y=False, inspect=sweep.inspect)
             self.total = [x + g for x, g in zip(self.total, grads)]

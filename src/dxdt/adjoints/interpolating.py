@@ -44,7 +44,7 @@ class InterpolatingAdjoint(ContinuousAdjoint):
         def interpolating_field(t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
             y, a = self.state_at(sweep, t, z)
             create = z.requires_grad or t.requires_grad  # implicit solvers differentiate this field
-            _, a_f_y, a_f_p = vjp(term, t, y, a, joint_params, create_graph=create)
+            _, a_f_y, a_f_p = vjp(term, t, y, a, joint_params, create_graph=create, inspect=sweep.inspect)
             parts = [-a_f_y.flatten(1)]
             if joint_params:
                 parts.append(-flat(a_f_p, z))
