@@ -643,8 +643,9 @@ def make_models() -> list[Model]:
 def mech_dxdt(gradient: str, compile: bool = False) -> Callable[[Model], torch.Tensor]:
     def solve(model: Model) -> torch.Tensor:
         # Compiled: the raw field, since a Python counter in f is a value guard and would recompile every call.
+        field = model.f if compile else model.field
         return dxdt.solve(
-            model.f if compile else model.field, model.y0, 0.0, model.t1, args=model.theta, saveat=model.ts, solver="dopri5",
+            field, model.y0, 0.0, model.t1, args=model.theta, saveat=model.ts, solver="dopri5",
             rtol=MECH_RTOL, atol=MECH_ATOL, gradient=gradient, compile=compile,
         ).ys  # fmt: skip
 
