@@ -131,9 +131,7 @@ class Loop:
         f0 = self.term(t0, y0)
         self.term.check(f0, y0)
         if self.dt0 is None:
-            dt = initial_step_size(
-                self.term, t0, y0, f0, self.direction, self.solver.error_order, self.rtol, self.atol
-            )
+            dt = initial_step_size(self.term, t0, y0, f0, self.direction, self.solver.error_order, self.rtol, self.atol)
             self.n_init = 2
         else:
             dt = self.dt0.expand(batch).clone()
@@ -313,6 +311,8 @@ def _compiled_attempt():
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED.append(torch.compile(_attempt, dynamic=False))
     return _COMPILED[0]
+
+
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
     """The step's error ratio (float64 ``(B,)``) and which samples' steps are unusable (NaN/inf or failed)."""
     with torch.no_grad():
