@@ -559,3 +559,16 @@ def test_a_tensor_f_reads_but_no_strategy_can_find_is_an_error(gradient):
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         sol = dxdt.solve(lambda t, y: -hidden["w"] * y, y0, 0.0, 1.0, gradient=gradient)
         sol.ys.sum().backward()
+
+
+def test_checkpoint_with_solver_state_passed_through_unchanged():
+    """The automatic solver leaves its stiff method's state untouched while no sample is stiff; a segment that
+    returns such a tensor unchanged must not turn the kept input carry into its own output."""
+    y0 = torch.tensor([[1.0, 0.5], [0.3, 0.2]], dtype=F64, requires_grad=True)
+    k = torch.tensor([1.0, 2.0], dtype=F64, requires_grad=True)
+    grads = []
+    for gradient in ("autodiff", Checkpointed(checkpoints=2)):
+        sol = dxdt.solve(lambda t, y, k: -k * y, y0, 0.0, 1.0, args=k, solver="auto", gradient=gradient)
+        grads.append(torch.autograd.grad(sol.ys.sum(), (y0, k)))
+    for ours, ref in zip(*grads):
+        assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-15)

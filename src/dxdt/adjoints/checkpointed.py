@@ -152,6 +152,10 @@ class _SegmentFunction(torch.autograd.Function):
         ctx.node = node
         ctx.set_materialize_grads(False)
         outputs = node.run(node.leaves, nested=False)
+        # A tensor the segment passed through unchanged (e.g. an unused solver state) would become this node's
+        # output in place, and the kept input carry with it: return views instead.
+        kept = {id(x) for x in node.leaves}
+        outputs = [x.view_as(x) if id(x) in kept else x for x in outputs]
         frozen = [x for x, d in zip(outputs, node.differentiable) if not (d and x.is_floating_point())]
         ctx.mark_non_differentiable(*frozen)
         return tuple(outputs)
