@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .._solve import solve
+from .. import solve
 from ..solvers import AbstractSolver
 
 __all__ = ["ODERNN", "ELBOTerms", "LatentODE", "MLPField", "gaussian_kl"]

@@ -14,8 +14,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from .._solution import Stats
-from .._solve import solve
+from .. import Stats, solve
 from ..solvers import AbstractSolver, get_solver
 
 __all__ = ["NeuralODE"]
