@@ -507,7 +507,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         )
     ys = sol.ys[0]
     if not args.quiet:
-        params = ", ".join(f"{k}={float(v):.6g}" for k, v in model.params.items())
+        params = ", ".join(f"{k}={float(v.detach()):.6g}" for k, v in model.params.items())
         print(
             f"dxdt simulate: {model.name} ({params}), t = {args.t0:g} .. {args.t1:g}; {sol.describe()}; {elapsed:.3f} s"
         )
@@ -522,7 +522,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             with open(tmp, "w") as fh:
                 fh.write(
                     f"# dxdt simulate --model {model.name} "
-                    + " ".join(f"--param {k}={float(v):.10g}" for k, v in model.params.items())
+                    + " ".join(f"--param {k}={float(v.detach()):.10g}" for k, v in model.params.items())
                     + "\n"
                 )
                 fh.write(",".join(["t", *model.states]) + "\n")
