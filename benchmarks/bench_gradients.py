@@ -456,15 +456,36 @@ def plot_memory(
 TrainSolve = Callable[[CountingMLP, torch.Tensor, float], tuple[torch.Tensor, int]]
 
 
-def train_dxdt(gradient: str | dxdt.adjoints.AbstractGradient, controller: str = "pi") -> TrainSolve:
+def train_dxdt(
+    gradient: str | dxdt.adjoints.AbstractGradient, controller: str = "pi", compile: bool = False
+) -> TrainSolve:
     def solve(field, y0, t1):
+        # Compiled: the plain network as f (a Python counter in f is a value guard: it would recompile every
+        # call); its forward evaluations are counted from the solver's statistics, backward ones not at all.
+        f = _PLAIN.setdefault(id(field.net), _Plain(field.net)) if compile else field
         sol = dxdt.solve(
-            field, y0, 0.0, t1, solver="dopri5", rtol=RTOL, atol=ATOL, batch_mode="joint", gradient=gradient,
-            controller=controller,
+            f, y0, 0.0, t1, solver="dopri5", rtol=RTOL, atol=ATOL, batch_mode="joint", gradient=gradient,
+            controller=controller, compile=compile,
         )  # fmt: skip
+        if compile:
+            field.calls += int(sol.stats.n_f_evals[0])
         return sol.ys[:, -1], int(sol.stats.n_steps[0])
 
     return solve
+
+
+class _Plain(nn.Module):
+    """The network as ``f(t, y)`` without a counter; one per network, so compiled code is reused."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.net(y)
+
+
+_PLAIN: dict[int, _Plain] = {}
 
 
 def train_torchdiffeq(adjoint: bool, **options: Any) -> TrainSolve:
@@ -486,6 +507,9 @@ TRAIN_METHODS: dict[str, TrainSolve] = {
     # torchdiffeq's controller is an I controller: the like-for-like comparison of work per step.
     "dxdt autodiff, I controller": train_dxdt("autodiff", controller="i"),
     "dxdt backsolve (seminorm), I controller": train_dxdt("backsolve", controller="i"),
+    # compile=True compiles each forward step (the adjoint's backward steps call autograd and stay eager).
+    "dxdt autodiff, I controller, compile=True": train_dxdt("autodiff", controller="i", compile=True),
+    "dxdt backsolve (seminorm), I controller, compile=True": train_dxdt("backsolve", controller="i", compile=True),
     "torchdiffeq odeint": train_torchdiffeq(adjoint=False),
     "torchdiffeq odeint_adjoint": train_torchdiffeq(adjoint=True),
     'torchdiffeq odeint_adjoint, adjoint_options=dict(norm="seminorm")': train_torchdiffeq(
@@ -572,7 +596,8 @@ def training_section(quick: bool) -> str:
                 rows,
             ),
         ]
-        for suffix, autodiff in (("", "dxdt autodiff"), (", I controller", "dxdt autodiff, I controller")):
+        for suffix in ("", ", I controller", ", I controller, compile=True"):
+            autodiff = "dxdt autodiff" + suffix
             bs = timings[f"dxdt backsolve (seminorm){suffix}"]
             ad = timings[autodiff]
             r_ad, r_tdq = bs.median / ad.median, bs.median / tdq_adj
