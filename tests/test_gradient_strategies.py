@@ -572,3 +572,38 @@ def test_checkpoint_with_solver_state_passed_through_unchanged():
         grads.append(torch.autograd.grad(sol.ys.sum(), (y0, k)))
     for ours, ref in zip(*grads):
         assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("make", [Checkpointed, BacksolveAdjoint, InterpolatingAdjoint, ForwardSensitivity])
+def test_params_must_be_tensors(make):
+    with pytest.raises(
+        TypeError, match=re.escape("params must be tensors (e.g. list(model.parameters())); got ['float']")
+    ):
+        make(params=[1.0])
+    with pytest.raises(TypeError, match=r"params must be a list of tensors .* got a single tensor"):
+        make(params=torch.ones(2))
+
+
+def _graph_nodes(out: torch.Tensor) -> int:
+    seen, stack = set(), [out.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            stack.extend(fn for fn, _ in node.next_functions)
+    return len(seen)
+
+
+def test_checkpoint_graph_does_not_grow_with_the_steps():
+    """The memory claim: after the forward pass the autograd graph holds one node per segment, so its size grows
+    logarithmically in the number of steps (autodiff's grows linearly)."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    y0 = torch.randn(4, 2, dtype=F64)
+    nodes = {}
+    for gradient in ("autodiff", "checkpoint"):
+        for n in (32, 512):
+            sol = dxdt.solve(lambda t, y: net(y), y0, 0.0, 1.0, solver="rk4", dt0=1 / n, gradient=gradient)
+            nodes[gradient, n] = _graph_nodes(sol.ys)
+    assert nodes["autodiff", 512] > 10 * nodes["autodiff", 32]
+    assert nodes["checkpoint", 512] <= nodes["checkpoint", 32] + 4
+    assert nodes["checkpoint", 512] < nodes["autodiff", 32]

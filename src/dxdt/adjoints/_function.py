@@ -6,6 +6,8 @@ from typing import Protocol
 
 import torch
 
+from .._term import Term
+
 
 class Runner(Protocol):
     def forward(self) -> torch.Tensor:
@@ -28,3 +30,16 @@ class DifferentiableSolve(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
         return (None, *ctx.runner.backward(grad_ys, ctx.needs_input_grad[1:]))
+
+
+def save_time_gradients(term: Term, ts: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂t_k = ∂L/∂y_k · f(t_k, y_k)`` for save times ``ts (n, T)``: moving a save time moves the saved
+    state along ``f``."""
+    return torch.stack(
+        [(grad_ys[:, k] * term(ts[:, k], ys[:, k])).flatten(1).sum(1) for k in range(ts.shape[1])], dim=1
+    )
+
+
+def initial_time_gradient(term: Term, t0: torch.Tensor, y0: torch.Tensor, grad_y0: torch.Tensor) -> torch.Tensor:
+    """``∂L/∂t0 = −∂L/∂y0 · f(t0, y0)``: moving ``t0`` shifts the whole solution by ``−Φ f(t0, y0)``."""
+    return -(grad_y0 * term(t0, y0)).flatten(1).sum(1)

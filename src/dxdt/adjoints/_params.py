@@ -23,6 +23,19 @@ def find_params(f: Callable, args: Any) -> list[torch.Tensor]:
     return unique_requiring_grad(found)
 
 
+def param_list(params: Iterable[Any] | None) -> list[torch.Tensor] | None:
+    """A strategy's ``params=`` option as a list, or ``None`` (find them); anything but tensors is an error."""
+    if params is None:
+        return None
+    if isinstance(params, torch.Tensor):
+        raise TypeError("params must be a list of tensors (e.g. list(model.parameters())); got a single tensor")
+    params = list(params)
+    bad = [type(p).__name__ for p in params if not isinstance(p, torch.Tensor)]
+    if bad:
+        raise TypeError(f"params must be tensors (e.g. list(model.parameters())); got {bad[:3]}")
+    return params
+
+
 def unique_requiring_grad(tensors: Iterable[Any]) -> list[torch.Tensor]:
     seen: set[int] = set()
     out = []

@@ -11,7 +11,7 @@ from torch.utils._pytree import tree_flatten, tree_map, tree_unflatten
 from .._loop import Carry, IterationOutput, Loop, LoopResult, Tally
 from .._problem import ODEProblem
 from .._solution import Solution
-from ._params import check_tracked, find_params, unique_requiring_grad
+from ._params import check_tracked, find_params, param_list, unique_requiring_grad
 from .base import AbstractGradient
 
 
@@ -44,7 +44,7 @@ class Checkpointed(AbstractGradient):
         if isinstance(checkpoints, bool) or not isinstance(checkpoints, int) or checkpoints < 2:
             raise ValueError(f"checkpoints must be an int >= 2; got {checkpoints!r}")
         self.checkpoints = checkpoints
-        self.params = None if params is None else list(params)
+        self.params = param_list(params)
 
     def solve(self, problem: ODEProblem) -> Solution:
         if not torch.is_grad_enabled():  # nothing to checkpoint

@@ -32,9 +32,9 @@ from ..interpolation.polynomial import evaluate_polynomial
 from ..solvers import AbstractSolver, get_solver
 from ..solvers._combine import per_sample
 from ..solvers.base import StepResult
-from ._augmented import AugmentedTerm, flat, seminorm_tolerances, unflat, vjp
-from ._function import DifferentiableSolve
-from ._params import check_tracked, find_params, unique_requiring_grad
+from ._augmented import AugmentedTerm, seminorm_tolerances, unflat, vjp
+from ._function import DifferentiableSolve, initial_time_gradient, save_time_gradients
+from ._params import check_tracked, find_params, param_list, unique_requiring_grad
 from .base import AbstractGradient
 
 # Gauss–Legendre nodes and weights on [0, 1]: exact for polynomials of degree 5.
@@ -72,12 +72,7 @@ class ContinuousAdjoint(AbstractGradient):
         seminorm: bool = True,
         max_steps: int | None = None,
     ):
-        if params is not None:
-            params = list(params)
-            bad = [type(p).__name__ for p in params if not isinstance(p, torch.Tensor)]
-            if bad:
-                raise TypeError(f"params must be tensors (e.g. list(model.parameters())); got {bad[:3]}")
-        self.params = params
+        self.params = param_list(params)
         self.solver = None if solver is None else get_solver(solver)
         for name, tol in (("rtol", rtol), ("atol", atol)):
             if tol is not None and (not isinstance(tol, (int, float)) or not tol >= 0 or math.isinf(tol)):
@@ -166,19 +161,15 @@ class _Sweep:
         self.unchecked = self.adjoint.params is None
         a = torch.zeros_like(y0)
         g_theta = [torch.zeros_like(p) for p in params]
-        grad_ts = torch.zeros_like(ts) if needs_ts else None
+        grad_ts = save_time_gradients(problem.term, ts, ys, grad_ys) if needs_ts else None
         for k in range(n_save - 1, -1, -1):
             y_k, t_k = ys[:, k], ts[:, k]
-            if needs_ts:  # moving a save time moves the saved state along f
-                grad_ts[:, k] = (grad_ys[:, k] * problem.term(t_k, y_k)).flatten(1).sum(1)
             a = a + grad_ys[:, k]
             t_prev = ts[:, k - 1] if k > 0 else t0
             if bool((t_prev != t_k).any()):
                 a, g = self._interval(t_k, t_prev, y_k, a)
                 g_theta = [x + dx for x, dx in zip(g_theta, g)]
-        grad_t0 = None
-        if needs_t0:  # y(t; t0, y0) shifts by -Φ f(t0, y0) when t0 moves
-            grad_t0 = -(a * problem.term(t0, y0)).flatten(1).sum(1)
+        grad_t0 = initial_time_gradient(problem.term, t0, y0, a) if needs_t0 else None
         grad_y0 = a if needs[0] else None
         grad_params = [g.to(p.dtype) for g, p in zip(g_theta, params)]
         return (grad_y0, grad_t0, grad_ts, *grad_params)
@@ -193,7 +184,7 @@ class _Sweep:
         """Integrate the adjoint from ``t_start`` back to ``t_end``; the new ``a`` and the parameter gradients."""
         adjoint, problem, params = self.adjoint, self.problem, self.params
         joint_params = params if problem.joint else []
-        g0 = torch.zeros_like(flat(joint_params, y)) if problem.joint else None
+        g0 = y.new_zeros(1, sum(p.numel() for p in joint_params)) if problem.joint else None
         z0 = adjoint.pack(self, y, a, g0)
         solver = self._backward_solver()
         quadrature = None

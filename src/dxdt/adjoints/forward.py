@@ -16,8 +16,8 @@ from .._solution import Solution, Status
 from .._term import Term
 from ..solvers._combine import per_sample
 from ._augmented import AugmentedTerm, seminorm_tolerances
-from ._function import DifferentiableSolve
-from ._params import check_tracked, find_params, unique_requiring_grad
+from ._function import DifferentiableSolve, initial_time_gradient, save_time_gradients
+from ._params import check_tracked, find_params, param_list, unique_requiring_grad
 from .base import AbstractGradient
 
 
@@ -49,7 +49,7 @@ class ForwardSensitivity(AbstractGradient):
     name = "forward"
 
     def __init__(self, params: Sequence[torch.Tensor] | None = None, *, control_sensitivities: bool = False):
-        self.params = None if params is None else list(params)
+        self.params = param_list(params)
         self.control_sensitivities = bool(control_sensitivities)
 
     def check(self, problem: ODEProblem) -> None:
@@ -192,17 +192,13 @@ class _Sensitivity:
         g = (grad * jac).sum(dim=(1, 3))  # (n, Q)
         k0 = self.k0
         grad_y0 = g[:, :k0].reshape(problem.y0.shape) if k0 else torch.zeros_like(problem.y0)
-        t0 = problem.t0.detach()
         grad_t0 = None
         if needs[1]:
-            grad_t0 = -(grad_y0 * problem.term(t0, problem.y0.detach())).flatten(1).sum(1)
+            grad_t0 = initial_time_gradient(problem.term, problem.t0.detach(), problem.y0.detach(), grad_y0)
         grad_ts = None
         if needs[2]:
-            ts = problem.save_times().detach()
             saved = to_loop_layout(self.solution.ys, problem.joint)
-            grad_ts = torch.stack(
-                [(grad_ys[:, k] * problem.term(ts[:, k], saved[:, k])).flatten(1).sum(1) for k in range(n_t)], dim=1
-            )
+            grad_ts = save_time_gradients(problem.term, problem.save_times().detach(), saved, grad_ys)
             grad_ts = torch.where(self.success[:, None], grad_ts, 0.0)
         grads, offset = [], k0
         for p in self.params:
