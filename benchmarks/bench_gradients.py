@@ -121,7 +121,7 @@ def memory_dxdt(gradient: str) -> MemorySolve:
         sol = dxdt.solve(
             field, y0, 0.0, MEMORY_SPAN, solver="rk4", dt0=MEMORY_SPAN / n, batch_mode="joint", gradient=gradient
         )
-        return sol.ys[:, -1], int(sol.stats.n_steps[0])
+        return sol.ys[:, -1], int(sol.stats.n_steps.max())
 
     return solve
 
@@ -457,19 +457,22 @@ TrainSolve = Callable[[CountingMLP, torch.Tensor, float], tuple[torch.Tensor, in
 
 
 def train_dxdt(
-    gradient: str | dxdt.adjoints.AbstractGradient, controller: str = "pi", compile: bool = False
+    gradient: str | dxdt.adjoints.AbstractGradient,
+    controller: str = "pi",
+    compile: bool = False,
+    batch_mode: str = "joint",
 ) -> TrainSolve:
     def solve(field, y0, t1):
         # Compiled: the plain network as f (a Python counter in f is a value guard: it would recompile every
         # call); its forward evaluations are counted from the solver's statistics, backward ones not at all.
         f = _PLAIN.setdefault(id(field.net), _Plain(field.net)) if compile else field
         sol = dxdt.solve(
-            f, y0, 0.0, t1, solver="dopri5", rtol=RTOL, atol=ATOL, batch_mode="joint", gradient=gradient,
+            f, y0, 0.0, t1, solver="dopri5", rtol=RTOL, atol=ATOL, batch_mode=batch_mode, gradient=gradient,
             controller=controller, compile=compile,
         )  # fmt: skip
         if compile:
             field.calls += int(sol.stats.n_f_evals[0])
-        return sol.ys[:, -1], int(sol.stats.n_steps[0])
+        return sol.ys[:, -1], int(sol.stats.n_steps.max())
 
     return solve
 
@@ -510,6 +513,9 @@ TRAIN_METHODS: dict[str, TrainSolve] = {
     # compile=True compiles each forward step (the adjoint's backward steps call autograd and stay eager).
     "dxdt autodiff, I controller, compile=True": train_dxdt("autodiff", controller="i", compile=True),
     "dxdt backsolve (seminorm), I controller, compile=True": train_dxdt("backsolve", controller="i", compile=True),
+    # Per-sample mode: every sample its own steps; parameter gradients of the adjoint by quadrature.
+    "dxdt autodiff, per-sample": train_dxdt("autodiff", batch_mode="per_sample"),
+    "dxdt backsolve, per-sample": train_dxdt("backsolve", batch_mode="per_sample"),
     "torchdiffeq odeint": train_torchdiffeq(adjoint=False),
     "torchdiffeq odeint_adjoint": train_torchdiffeq(adjoint=True),
     'torchdiffeq odeint_adjoint, adjoint_options=dict(norm="seminorm")': train_torchdiffeq(
