@@ -6,12 +6,15 @@ from collections.abc import Sequence
 
 import torch
 
+# Below this many elements a stage vector is small enough that per-op overhead, not memory traffic, sets the
+# cost: one stack and one matmul then beat a fused add per term even for a single row of weights.
+SMALL_STATE = 1 << 15
+
 
 def combine(weights: Sequence[float], vectors: Sequence[torch.Tensor]) -> torch.Tensor:
     """``Σ_j w_j v_j`` over the non-zero weights, one fused kernel per term.
 
-    Cheaper than stacking and a matmul for the small states where per-op overhead dominates, and the
-    summation order per element does not depend on the batch size (batch invariance).
+    The summation order per element does not depend on the batch size (batch invariance).
     """
     terms = [(w, v) for w, v in zip(weights, vectors) if w != 0.0]
     if not terms:
@@ -21,6 +24,60 @@ def combine(weights: Sequence[float], vectors: Sequence[torch.Tensor]) -> torch.
     for w, v in terms[1:]:
         acc = acc.add(v, alpha=w)
     return acc
+
+
+def matmul_is_exact(x: torch.Tensor) -> bool:
+    """Whether a matmul in ``x``'s dtype rounds like elementwise arithmetic.
+
+    CUDA float32 matmuls may run in TF32 (10-bit mantissa) when a user enables it globally, which would
+    silently wreck a solver's error estimate; they keep the elementwise path.
+    """
+    if x.dtype in (torch.float64, torch.complex128):
+        return True
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.complex64)
+
+
+class Combinations:
+    """Fixed rows of weights applied to stage vectors: ``out[r] = Σ_j W[r, j] v_j``.
+
+    One ``stack`` and one matmul evaluate every row (and replace ``rows × terms`` elementwise kernels, which
+    dominate a small system's step); a single row on a large state, or a dtype whose matmul may round
+    differently (see :func:`matmul_is_exact`), uses :func:`combine` per row. Only the columns with a non-zero
+    weight are stacked.
+    """
+
+    def __init__(self, rows: Sequence[Sequence[float]]):
+        self.rows = [tuple(float(w) for w in row) for row in rows]
+        width = max((len(row) for row in self.rows), default=0)
+        self.columns = [j for j in range(width) if any(j < len(row) and row[j] != 0.0 for row in self.rows)]
+        self._dense = [[row[j] if j < len(row) else 0.0 for j in self.columns] for row in self.rows]
+        self._matrices: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+
+    def _use_matmul(self, v: torch.Tensor) -> bool:
+        return len(self.columns) > 1 and matmul_is_exact(v) and (len(self.rows) > 1 or v.numel() <= SMALL_STATE)
+
+    def _matmul(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        v = vectors[0]
+        key = (v.dtype, v.device)
+        w = self._matrices.get(key)
+        if w is None:  # a constant of the method, cached per dtype and device
+            w = self._matrices[key] = torch.tensor(self._dense, dtype=v.dtype, device=v.device)
+        stacked = torch.stack([vectors[j] for j in self.columns])
+        return w @ stacked.reshape(len(self.columns), -1)
+
+    def __call__(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Every row: ``(R, *v.shape)``."""
+        v = vectors[0]
+        if self._use_matmul(v):
+            return self._matmul(vectors).reshape(len(self.rows), *v.shape)
+        return torch.stack([combine(row, vectors) for row in self.rows])
+
+    def one(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The only row (one-row combinations): ``v.shape``."""
+        v = vectors[0]
+        if self._use_matmul(v):
+            return self._matmul(vectors).reshape(v.shape)
+        return combine(self.rows[0], vectors)
 
 
 def per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

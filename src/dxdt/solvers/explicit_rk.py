@@ -8,7 +8,7 @@ from .._norm import rms_norm
 from .._tableau import ButcherTableau
 from .._term import Term
 from ..interpolation import hermite_coefficients
-from ._combine import combine, per_sample
+from ._combine import Combinations, per_sample
 from .base import AbstractSolver, StepResult, error_scale
 
 
@@ -33,10 +33,16 @@ class ExplicitRungeKutta(AbstractSolver):
         # k_1 is given; the other stages, plus f(t1, y1) when not first-same-as-last.
         self.evals_per_step = tab.stages - 1 if tab.fsal else tab.stages
         self._c: dict[torch.device, torch.Tensor] = {}
+        self._stage_weights = [Combinations([tab.a[i]]) for i in range(1, tab.stages)]
+        self._b = Combinations([tab.b])
+        error_rows = [w for w in (tab.b_err, tab.b_err_low) if w is not None]
+        self._error_weights = Combinations(error_rows) if error_rows else None
         # Dense output weights regrouped by power of θ: row k holds the weights of θ^(k+1).
         if tab.dense is not None:
             degree = max(len(row) for row in tab.dense)
-            self._dense_rows = [tuple(row[k] if k < len(row) else 0.0 for row in tab.dense) for k in range(degree)]
+            self._dense_weights = Combinations(
+                [tuple(row[k] if k < len(row) else 0.0 for row in tab.dense) for k in range(degree)]
+            )
 
     def __repr__(self) -> str:
         if type(self) is ExplicitRungeKutta:
@@ -55,16 +61,18 @@ class ExplicitRungeKutta(AbstractSolver):
         ks = [f0]
         y_stage = y
         for i in range(1, tab.stages):
-            y_stage = torch.addcmul(y, dt_y, combine(tab.a[i], ks))
+            y_stage = torch.addcmul(y, dt_y, self._stage_weights[i - 1].one(ks))
             ks.append(term.call(t_stages[i], y_stage))
         if tab.fsal:
             y1, f1 = y_stage, ks[-1]  # the last stage is (t1, y1)
         else:
-            y1 = torch.addcmul(y, dt_y, combine(tab.b, ks))
+            y1 = torch.addcmul(y, dt_y, self._b.one(ks))
             f1 = term(t + dt, y1)
             ks.append(f1)
-        y_err = None if tab.b_err is None else dt_y * combine(tab.b_err, ks)
-        y_err_low = None if tab.b_err_low is None else dt_y * combine(tab.b_err_low, ks)
+        y_err = y_err_low = None
+        if self._error_weights is not None:
+            errors = dt_y * self._error_weights(ks)
+            y_err, y_err_low = (errors[0], errors[1]) if len(errors) == 2 else (errors[0], None)
         return StepResult(y1=y1, f1=f1, y_err=y_err, y_err_low=y_err_low, ks=ks, f0=f0)
 
     def error_ratio(self, step: StepResult, y0: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor) -> torch.Tensor:
@@ -83,4 +91,5 @@ class ExplicitRungeKutta(AbstractSolver):
         if self.tableau.dense is None:
             return hermite_coefficients(dt_y, y0, step.y1, step.f0, step.f1)
         # y(θ) = y0 + dt Σ_i b_i(θ) k_i with polynomial b_i: collect the stages' weight of each power of θ.
-        return torch.stack([y0] + [dt_y * combine(w, step.ks) for w in self._dense_rows], dim=-1)
+        powers = dt_y * self._dense_weights(step.ks)
+        return torch.cat([y0.unsqueeze(0), powers]).movedim(0, -1)
