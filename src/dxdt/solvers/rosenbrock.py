@@ -14,7 +14,7 @@ import torch
 from .._tableau import RosenbrockTableau
 from .._term import Term
 from ..interpolation import hermite_coefficients
-from ._combine import combine, per_sample
+from ._combine import Combinations, per_sample
 from ._newton import JacobianSpec, check_jacobian_spec, factor, identity_like, jacobian, solve_factored
 from .base import AbstractSolver, StepResult
 from .dirk import IDLE_DT
@@ -49,6 +49,18 @@ class Rosenbrock(AbstractSolver):
         self.dense_order = tab.dense_order if tab.dense is not None else 3
         # stages 2..s, then f(t1, y1) for the next step; the Jacobian's own cost is counted separately.
         self.evals_per_step = tab.stages
+        # Stage i's state increment and its coupling to the previous stages, from the same vectors.
+        self._stage_weights = [Combinations([tab.a[i], tab.C[i]]) for i in range(tab.stages)]
+        self._solution_weights = Combinations([tab.m, tab.m_err])
+        if tab.dense is not None:
+            # (1 − θ) y0 + θ (y1 + (1 − θ)(h_1 + θ h_2 + ...)) in powers of θ: the coefficients of θ^1 (besides
+            # y1 − y0), θ^2, ... are h_1, h_2 − h_1, ..., −h_last, each a fixed combination of the stages.
+            hs = [list(row) for row in tab.dense]
+            width = max(len(row) for row in hs)
+            hs = [row + [0.0] * (width - len(row)) for row in hs]
+            rows = [hs[0]] + [[b - a for a, b in zip(hs[k - 1], hs[k])] for k in range(1, len(hs))]
+            rows.append([-w for w in hs[-1]])
+            self._dense_weights = Combinations(rows)
 
     def init_state(self, term: Term, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> RosenbrockState:
         batch, n = y0.shape[0], y0[0].numel()
@@ -81,18 +93,15 @@ class Rosenbrock(AbstractSolver):
         us: list[torch.Tensor] = []
         for i in range(tab.stages):
             if i == 0:
-                stage_f = f0
+                rhs = f0
             else:
-                stage_f = term.call(times[i], y + combine(tab.a[i], us))
-            rhs = stage_f
-            coupling = combine(tab.C[i], us) if i else None
-            if coupling is not None:
-                rhs = rhs + coupling / dt_y
+                increment, coupling = self._stage_weights[i](us)
+                rhs = term.call(times[i], y + increment) + coupling / dt_y
             if tab.d[i] != 0.0:
                 rhs = torch.addcmul(rhs, dt_y, f_t, value=tab.d[i])
             us.append(solve_factored(fact, rhs))
-        y1 = y + combine(tab.m, us)
-        y_err = combine(tab.m_err, us)
+        increment, y_err = self._solution_weights(us)
+        y1 = y + increment
         f1 = term.call(times[-1], y1)
         new_state = RosenbrockState(
             jac=jac,
@@ -120,9 +129,6 @@ class Rosenbrock(AbstractSolver):
         tab = self.tableau
         if tab.dense is None:
             return hermite_coefficients(per_sample(dt, y0), y0, step.y1, step.f0, step.f1)
-        # (1 − θ) y0 + θ (y1 + (1 − θ)(h_1 + θ h_2 + ...)) in powers of θ.
-        hs = [combine(row, step.ks) for row in tab.dense]
-        coefs = [y0, step.y1 - y0 + hs[0]]
-        coefs += [hs[k] - hs[k - 1] for k in range(1, len(hs))]
-        coefs.append(-hs[-1])
-        return torch.stack(coefs, dim=-1)
+        powers = self._dense_weights(step.ks)
+        first = powers[0] + (step.y1 - y0)
+        return torch.cat([y0.unsqueeze(0), first.unsqueeze(0), powers[1:]]).movedim(0, -1)
