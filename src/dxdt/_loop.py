@@ -114,6 +114,8 @@ class Loop:
         self.dt0, self.dt_min, self.dt_max, self.max_steps = dt0, dt_min, dt_max, max_steps
         self.record, self.step_past_t1, self.on_step = record, step_past_t1, on_step
         self.direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
+        # Every sample forward in time (the common case): the signs need no multiplications.
+        self.forward = bool((t1 >= t0).all())
         # The next stop of each sample: its next save time still ahead, else t1.
         self.stops = t1[:, None] if stops is None else torch.cat([stops.detach(), t1[:, None]], dim=1)
         self.stop_tau = (self.stops - t0[:, None]) * self.direction[:, None]
@@ -160,15 +162,16 @@ class Loop:
         solver, controller, term = self.solver, self.controller, self.term
         t, y, f, dt, status, err_prev, bad_streak, state = carry
         t1, direction, code = self.t1, self.direction, self.code
+        signed = _identity if self.forward else direction.mul
         running = status == RUNNING
         if self.step_past_t1:  # steps are never shortened; the caller interpolates back to t1
             lands = None
             dt_try = dt
-            dt_signed = direction * dt_try
+            dt_signed = signed(dt_try)
             t_new = t + dt_signed
         else:
             if self.single_stop:
-                stop, to_stop = t1, (t1 - t) * direction
+                stop, to_stop = t1, signed(t1 - t)
             else:  # the first stop strictly ahead of each sample
                 tau = (t - self.t0) * direction
                 n_stops = self.stop_tau.shape[1]
@@ -177,7 +180,7 @@ class Loop:
                 to_stop = self.stop_tau.gather(1, ahead).squeeze(1) - tau
             lands = dt * (1 + SNAP) >= to_stop
             dt_try = torch.where(lands, to_stop, dt)
-            dt_signed = direction * dt_try
+            dt_signed = signed(dt_try)
             t_new = torch.where(lands, stop, t + dt_signed)
 
         step, err, bad = self.attempt(solver, term, t, dt_signed, y, f, state, self.rtol, self.atol)
@@ -193,7 +196,8 @@ class Loop:
             )
 
         with torch.no_grad():
-            accept = running & ~bad if controller.accepts_every_step else running & ~bad & (err <= 1.0)
+            # An unusable step has an infinite or NaN error ratio, which fails the test on its own.
+            accept = running & ~bad if controller.accepts_every_step else running & (err <= 1.0)
             dt_next, err_prev = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
             # A step cut short to land on a stop says nothing about the step size the controller wanted.
             if lands is not None:
@@ -220,7 +224,7 @@ class Loop:
             bad_streak = (bad_streak + 1) * bad
             finished = accept & ((t_new - t1) * direction >= 0 if self.step_past_t1 else t_new == t1)
             # The step no longer changes t in float64 (or fell below the user's dt_min).
-            underflow = t + direction * dt_next == t
+            underflow = t + signed(dt_next) == t
             if self.dt_min > 0:
                 underflow = underflow | (dt_next < self.dt_min)
             gave_up = code[Status.NONFINITE]
@@ -276,6 +280,10 @@ class Tally:
             self.extra_evals = out.extra_evals if self.extra_evals is None else self.extra_evals + out.extra_evals
         if out.row is not None:
             self.rows.append(out.row)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    return x
 
 
 def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:

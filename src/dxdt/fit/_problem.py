@@ -581,7 +581,10 @@ class Problem:
         k_seg = starts.shape[1]
         t0, t1, ts = self._solve_args(batch)
         self.n_solves += 1
-        with torch.no_grad():
+        # Nothing here is differentiated (the derivatives come from the complex step), so the solve runs in
+        # inference mode: about a fifth less overhead per tensor operation than no_grad. Its results are
+        # cloned back into ordinary tensors, which the optimizers may combine with anything.
+        with torch.inference_mode():
             dx_s = dx.repeat_interleave(k_seg, dim=0) if k_seg > 1 else dx
             ys, dys, success = self.dynamics.solve_sensitivities(
                 self._sample_params(x_model),
@@ -608,7 +611,7 @@ class Problem:
             jac = d_out.permute(1, 2, 0)
             ok = success.reshape(batch, -1).all(1) & torch.isfinite(out).all(1) & torch.isfinite(jac).flatten(1).all(1)
             jac = torch.nan_to_num(jac, nan=0.0, posinf=0.0, neginf=0.0)
-        return Evaluation(mu, pen, ok, out), jac
+        return Evaluation(mu.clone(), pen.clone(), ok.clone(), out.clone()), jac.clone()
 
     def jacobian(self, u: torch.Tensor, ev: Evaluation, chunk: int = 256) -> torch.Tensor:
         """``d ev.out / du``, ``(B, M, P)``, from the graph of ``ev`` (``u`` must require grad)."""

@@ -9,6 +9,8 @@ import torch
 # Below this many elements a stage vector is small enough that per-op overhead, not memory traffic, sets the
 # cost: one stack and one matmul then beat a fused add per term even for a single row of weights.
 SMALL_STATE = 1 << 15
+# With fewer terms, the fused adds take no more kernels than stack, matmul and the reshapes around them.
+MIN_MATMUL_TERMS = 4
 
 
 def combine(weights: Sequence[float], vectors: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -51,33 +53,33 @@ class Combinations:
         width = max((len(row) for row in self.rows), default=0)
         self.columns = [j for j in range(width) if any(j < len(row) and row[j] != 0.0 for row in self.rows)]
         self._dense = [[row[j] if j < len(row) else 0.0 for j in self.columns] for row in self.rows]
-        self._matrices: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._matrices: dict[tuple[torch.dtype, torch.device, bool], torch.Tensor | None] = {}
 
-    def _use_matmul(self, v: torch.Tensor) -> bool:
-        return len(self.columns) > 1 and matmul_is_exact(v) and (len(self.rows) > 1 or v.numel() <= SMALL_STATE)
-
-    def _matmul(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
-        v = vectors[0]
-        key = (v.dtype, v.device)
-        w = self._matrices.get(key)
-        if w is None:  # a constant of the method, cached per dtype and device
-            w = self._matrices[key] = torch.tensor(self._dense, dtype=v.dtype, device=v.device)
-        stacked = torch.stack([vectors[j] for j in self.columns])
-        return w @ stacked.reshape(len(self.columns), -1)
+    def _matrix(self, v: torch.Tensor) -> torch.Tensor | None:
+        """The weights as a matrix in ``v``'s dtype and device when the matmul path applies to ``v``, else None."""
+        key = (v.dtype, v.device, v.numel() <= SMALL_STATE)
+        if key not in self._matrices:  # a constant of the method, cached per dtype, device and size class
+            use = len(self.columns) >= MIN_MATMUL_TERMS and matmul_is_exact(v) and (len(self.rows) > 1 or key[2])
+            self._matrices[key] = torch.tensor(self._dense, dtype=v.dtype, device=v.device) if use else None
+        return self._matrices[key]
 
     def __call__(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Every row: ``(R, *v.shape)``."""
         v = vectors[0]
-        if self._use_matmul(v):
-            return self._matmul(vectors).reshape(len(self.rows), *v.shape)
-        return torch.stack([combine(row, vectors) for row in self.rows])
+        w = self._matrix(v)
+        if w is None:
+            return torch.stack([combine(row, vectors) for row in self.rows])
+        stacked = torch.stack([vectors[j] for j in self.columns])
+        return (w @ stacked.reshape(len(self.columns), -1)).reshape(len(self.rows), *v.shape)
 
     def one(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The only row (one-row combinations): ``v.shape``."""
         v = vectors[0]
-        if self._use_matmul(v):
-            return self._matmul(vectors).reshape(v.shape)
-        return combine(self.rows[0], vectors)
+        w = self._matrix(v)
+        if w is None:
+            return combine(self.rows[0], vectors)
+        stacked = torch.stack([vectors[j] for j in self.columns])
+        return (w @ stacked.reshape(len(self.columns), -1)).reshape(v.shape)
 
 
 def per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
