@@ -74,6 +74,11 @@ class Transform:
             raise ValueError(f"a positive parameter cannot have a negative lower bound; got {lo}")
 
     @property
+    def linear(self) -> bool:
+        """Whether ``u`` is the natural value itself (no bounds, not positive)."""
+        return not self.positive and self.lo is None and self.hi is None
+
+    @property
     def bounds(self) -> tuple[float, float]:
         lo = self.lo if self.lo is not None else (0.0 if self.positive else -math.inf)
         return lo, (self.hi if self.hi is not None else math.inf)
