@@ -168,6 +168,12 @@ CASES = [
     ),
     ("controller-unknown", dict(controller="pid"), ValueError, r"controller must be 'pi', 'i' or an Abstract.*'pid'"),
     ("batch-mode", dict(batch_mode="batch"), ValueError, r"batch_mode must be 'per_sample' or 'joint'; got 'batch'"),
+    (
+        "compile-stiff",
+        dict(solver="rodas5p", compile=True),
+        ValueError,
+        r"compile=True compiles explicit Runge-Kutta steps only; Rodas5P\(\) decides per step on the host",
+    ),
 ]
 
 

@@ -366,6 +366,39 @@ def test_auto_nonstiff_is_tsit5():
     assert torch.equal(auto.ys, tsit5.ys)
 
 
+def _aten_ops(fn) -> int:
+    """Top-level tensor operations one call of ``fn`` runs (deterministic, unlike a time)."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        fn()
+    return sum(1 for e in prof.events() if e.name.startswith("aten::") and e.cpu_parent is None)
+
+
+def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
+    """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
+    synchronisation then: the automatic solver runs under 5 % more tensor operations than Tsit5 alone (2 %
+    measured; 19 % with a test and a synchronisation every step, which took 1.25x Tsit5's time)."""
+    y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
+    counts = {
+        s: _aten_ops(lambda s=s: dxdt.solve(lotka_volterra, y0, 0.0, 5.0, solver=s, rtol=1e-8, atol=1e-8))
+        for s in ("tsit5", "auto")
+    }
+    assert counts["auto"] <= 1.05 * counts["tsit5"], counts
+
+
+@pytest.mark.parametrize("check_every", [1, 10])
+def test_auto_switches_as_often_whatever_the_test_spacing(check_every):
+    """Van der Pol μ = 1000 alternates stiff branches and fast jumps: testing every step or every 10th, the
+    solver switches the same number of times, and spacing the tests costs at most a few percent of the steps."""
+    y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
+    solver = dxdt.AutoSwitch(check_every=check_every)
+    sol = dxdt.solve(van_der_pol, y0, 0.0, 2000.0, solver=solver, rtol=1e-6, atol=1e-9)
+    every = dxdt.solve(van_der_pol, y0, 0.0, 2000.0, solver=dxdt.AutoSwitch(check_every=1), rtol=1e-6, atol=1e-9)
+    assert sol.stats.n_switches.item() == every.stats.n_switches.item() >= 3
+    assert sol.stats.n_steps.item() <= 1.05 * every.stats.n_steps.item()
+
+
 def prothero_robinson(t, y, lam):
     """y' = −λ(t)(y − sin t) + cos t: the exact solution is y = sin t for y0 = 0, whatever λ(t) >= 0. Here
     λ(t) = 1 + λ_stiff · σ(5 − t) (σ a steep logistic): stiff until t ≈ 5, non-stiff after, for λ_stiff > 0."""

@@ -16,6 +16,7 @@ from ._term import Term
 from .adjoints import AbstractGradient, get_gradient
 from .controllers import AbstractController, ConstantStepController, IController, PIController
 from .solvers import AbstractSolver, get_solver
+from .solvers.explicit_rk import ExplicitRungeKutta
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -74,7 +75,8 @@ def solve(
         compile: compile each attempted step (all stages and the error estimate) with ``torch.compile``:
             the first solve pays seconds to minutes of compilation; later solves with the same ``f``,
             solver, shapes and dtypes reuse it and run the step as fused kernels (about 3× faster for a
-            batch of 1024 Van der Pol oscillators on CPU). Loop control stays in Python.
+            batch of 1024 Van der Pol oscillators on CPU). Loop control stays in Python. Explicit
+            Runge–Kutta methods only (stiff steps decide Jacobian reuse and Newton convergence on the host).
         gradient: how gradients flow back through the solve: ``"autodiff"`` (default: backpropagation
             through the loop, the exact gradient of the computed solution), ``"checkpoint"`` (the same
             gradient with memory logarithmic in the number of steps), ``"backsolve"`` (continuous adjoint:
@@ -113,6 +115,11 @@ def solve(
     if not dt_min < dt_max:
         raise ValueError(f"dt_min must be smaller than dt_max; got dt_min={dt_min}, dt_max={dt_max}")
     dt0_t = _check_dt0(dt0, solver, 1 if joint else batch, y0.device)
+    if compile and not isinstance(solver, ExplicitRungeKutta):
+        raise ValueError(
+            f"compile=True compiles explicit Runge-Kutta steps only; {solver!r} decides per step on the host "
+            "(Jacobian reuse, Newton convergence), which torch.compile cannot capture: pass compile=False"
+        )
     controller = _get_controller(controller, solver)
     if controller.accepts_every_step and dt0_t is None:
         raise ValueError(f"{controller!r} takes constant steps and needs their size: pass dt0=...")

@@ -1,11 +1,12 @@
 """Automatic stiffness detection and per-sample switching between an explicit and a Rosenbrock method.
 
-Each sample starts with the explicit method (Tsit5). After every explicit step its stiffness is estimated
-from the last two stages, both evaluated at ``t + dt`` (Hairer & Wanner, *Solving ODEs II*, IV.2;
-the test of Hairer's DOPRI5): ``ρ ≈ ‖f(Y₇) − f(Y₆)‖ / ‖Y₇ − Y₆‖`` approximates the dominant eigenvalue
-along the step, and ``dt·ρ`` near the method's stability boundary (3.5 for Tsit5) means the step size is
-limited by stability rather than accuracy. When that persists for ``switch_after`` consecutive steps the
-sample moves to the stiff method (Rodas5P). In stiff mode the Jacobian is at hand, and ``dt·‖J‖∞`` (an upper
+Each sample starts with the explicit method (Tsit5). Its stiffness is estimated from the last two stages of a
+Tsit5 step, both evaluated at ``t + dt`` (Hairer & Wanner, *Solving ODEs II*, IV.2; the test of Hairer's
+DOPRI5): ``ρ ≈ ‖f(Y₇) − f(Y₆)‖ / ‖Y₇ − Y₆‖`` approximates the dominant eigenvalue along the step, and
+``dt·ρ`` near the method's stability boundary (3.5 for Tsit5) means the step size is limited by stability
+rather than accuracy. As in DOPRI5, the test runs every ``check_every`` steps, and every step once a test
+was positive; when the evidence persists for ``switch_after`` consecutive steps the sample moves to the
+stiff method (Rodas5P). In stiff mode the Jacobian is at hand, and ``dt·‖J‖∞`` (an upper
 bound of ``dt·ρ``) below the explicit boundary for ``switch_after`` consecutive steps moves the sample back.
 
 Both methods have error order 4, so the step-size controller's history carries across switches. A batch
@@ -20,7 +21,7 @@ import torch
 
 from .._norm import rms_norm
 from .._term import Term
-from ._combine import combine
+from ._combine import Combinations
 from .base import AbstractSolver, StepResult
 from .explicit_methods import Tsit5
 from .stiff_methods import Rodas5P
@@ -35,6 +36,16 @@ class AutoSwitchState(NamedTuple):
     n_switches: torch.Tensor  # (B,) int64
     ran_stiff: bool  # whether the last step ran the stiff method (for any sample)
     inner: Any  # the stiff method's state
+    # Host-side summary, refreshed whenever a step could have changed it (so most non-stiff steps need no
+    # host synchronisation): whether any / every sample is stiff, any has a streak going, and the steps
+    # since the last stiffness test.
+    any_stiff: bool = False
+    all_stiff: bool = False
+    any_streak: bool = False
+    since_test: int = 0
+    tested: bool = False  # whether the last step tested (its streaks may have changed)
+    # f evaluations a stiff step costs beyond an explicit one, per sample (a constant, made once per solve)
+    stiff_extra_evals: torch.Tensor | None = None
 
 
 class AutoSwitch(AbstractSolver):
@@ -42,26 +53,33 @@ class AutoSwitch(AbstractSolver):
 
     Args:
         switch_after: consecutive steps of evidence before a sample switches (either way).
+        check_every: steps between stiffness tests of an explicit sample while it shows no evidence (the test
+            costs about a tenth of a Tsit5 step; once positive it runs every step).
         jac: the stiff method's Jacobian: ``"autodiff"``, ``"fd"`` or a callable (see :class:`Rodas5P`).
     """
 
     adaptive = True
 
-    def __init__(self, switch_after: int = 10, jac="autodiff"):
-        if not isinstance(switch_after, int) or switch_after < 1:
-            raise ValueError(f"switch_after must be a positive int; got {switch_after!r}")
+    def __init__(self, switch_after: int = 10, jac="autodiff", check_every: int = 10):
+        for name, value in (("switch_after", switch_after), ("check_every", check_every)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
         self.switch_after = switch_after
+        self.check_every = check_every
         self.nonstiff = Tsit5()
         self.stiff = Rodas5P(jac=jac)
         self.order = min(self.nonstiff.order, self.stiff.order)
         self.error_order = max(self.nonstiff.error_order, self.stiff.error_order)
         self.dense_order = min(self.nonstiff.dense_order, self.stiff.dense_order)
-        self.evals_per_step = 0  # depends on each sample's mode: reported as extra_evals
+        # Counted per Tsit5 step; a stiff step's surplus is reported as extra_evals.
+        self.evals_per_step = self.nonstiff.evals_per_step
         tab = self.nonstiff.tableau
         # Y₇ − Y₆ = dt Σ_j (a_7j − a_6j) k_j for the two last stage inputs, both at c = 1.
         assert tab.c[-1] == tab.c[-2] == 1.0
         a6 = (*tab.a[-2], 0.0)
-        self._stage_gap = tuple(x - y for x, y in zip(tab.a[-1], a6))
+        stage_gap = [x - y for x, y in zip(tab.a[-1], a6)]
+        last_two = [0.0] * (tab.stages - 2) + [-1.0, 1.0]  # k₇ − k₆
+        self._stiffness_weights = Combinations([last_two, stage_gap])
 
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
         zeros = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
@@ -71,39 +89,46 @@ class AutoSwitch(AbstractSolver):
             n_switches=zeros,
             ran_stiff=False,
             inner=self.stiff.init_state(term, t0, y0, f0),
+            since_test=self.check_every - 1,  # test the first step: many problems are stiff from the start
+            stiff_extra_evals=torch.full_like(zeros, self.stiff.evals_per_step - self.nonstiff.evals_per_step),
         )
 
     def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
-        stiff = state.stiff
-        any_stiff, all_stiff = (bool(v) for v in torch.stack([stiff.any(), stiff.all()]).tolist())
+        stiff, any_stiff, all_stiff = state.stiff, state.any_stiff, state.all_stiff
         explicit = None if all_stiff else self.nonstiff.step(term, t, dt, y, f0)
+        # Test the explicit samples every check_every steps, and every step while a streak is going.
+        test = explicit is not None and (state.any_streak or state.since_test + 1 >= self.check_every)
+        if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
+            return explicit._replace(
+                ks=(explicit, None, stiff),
+                state=state._replace(since_test=state.since_test + 1, tested=False, ran_stiff=False),
+                extra_evals=None,
+            )
         implicit = None
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
             inner = state.inner._replace(current=state.inner.current & stiff)
             implicit = self.stiff.step(term, t, dt, y, f0, inner, rtol, atol)
+        streak = state.streak
         with torch.no_grad():
-            if explicit is not None:
+            if test:
                 # dt·ρ = ‖k₇ − k₆‖ / ‖(Y₇ − Y₆)/dt‖: Hairer's estimate needs no dt.
-                gap = combine(self._stage_gap, explicit.ks)
-                to_stiff = rms_norm(explicit.ks[-1] - explicit.ks[-2]) > STIFF_RATIO * rms_norm(gap)
+                stage_diff, gap = self._stiffness_weights(explicit.ks)
+                to_stiff = rms_norm(stage_diff) > STIFF_RATIO * rms_norm(gap)
             if implicit is not None:
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
-            if explicit is None:
-                indicator = to_nonstiff
-            elif implicit is None:
-                indicator = to_stiff
-            else:
-                indicator = torch.where(stiff, to_nonstiff, to_stiff)
-            streak = torch.where(indicator, state.streak + 1, 0)
+            if test:
+                indicator = to_stiff if implicit is None else torch.where(stiff, to_nonstiff, to_stiff)
+                streak = torch.where(indicator, streak + 1, 0)
+            elif implicit is not None:  # only the stiff samples were tested; the others keep their streak
+                streak = torch.where(stiff, torch.where(to_nonstiff, streak + 1, 0), streak)
+        state = state._replace(streak=streak, tested=test or any_stiff, since_test=0 if test else state.since_test + 1)
         if explicit is None or implicit is None:
             chosen = explicit if implicit is None else implicit
-            extra = torch.full_like(state.streak, (self.nonstiff if implicit is None else self.stiff).evals_per_step)
+            extra = None if implicit is None else state.stiff_extra_evals
             inner = state.inner if implicit is None else implicit.state
             data = (explicit, implicit, stiff)
-            return chosen._replace(
-                ks=data, state=state._replace(streak=streak, ran_stiff=any_stiff, inner=inner), extra_evals=extra
-            )
+            return chosen._replace(ks=data, state=state._replace(ran_stiff=any_stiff, inner=inner), extra_evals=extra)
         pick = stiff.reshape((-1,) + (1,) * (y.ndim - 1))
         return StepResult(
             y1=torch.where(pick, implicit.y1, explicit.y1),
@@ -112,21 +137,31 @@ class AutoSwitch(AbstractSolver):
             y_err_low=None,
             ks=(explicit, implicit, stiff),
             f0=f0,
-            state=state._replace(streak=streak, ran_stiff=True, inner=implicit.state),
+            state=state._replace(ran_stiff=True, inner=implicit.state),
             failed=implicit.failed & stiff,
-            extra_evals=torch.where(stiff, self.stiff.evals_per_step, self.nonstiff.evals_per_step),
+            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0),
         )
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
+        if not new.tested:  # no streak moved, so no sample can switch: nothing to synchronise
+            return old._replace(inner=inner, since_test=new.since_test, tested=False)
         streak = torch.where(running, new.streak, old.streak)
         switch = running & (streak >= self.switch_after)
-        return AutoSwitchState(
-            stiff=old.stiff ^ switch,
-            streak=torch.where(switch, 0, streak),
+        stiff = old.stiff ^ switch
+        streak = torch.where(switch, 0, streak)
+        any_stiff, all_stiff, any_streak = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()]).tolist()
+        return old._replace(
+            stiff=stiff,
+            streak=streak,
             n_switches=old.n_switches + switch,
             ran_stiff=False,
             inner=inner,
+            any_stiff=bool(any_stiff),
+            all_stiff=bool(all_stiff),
+            any_streak=bool(any_streak),
+            since_test=new.since_test,
+            tested=False,
         )
 
     def statistics(self, state: AutoSwitchState) -> dict[str, torch.Tensor]:
