@@ -404,7 +404,8 @@ def section_nonstiff(quick: bool) -> str:
             "",
             f"Median of {len(timings['dxdt tsit5'].times)} interleaved repeats. The automatic solver never switches "
             f"and its solution is {'bitwise identical to' if same else 'different from'} Tsit5's; the difference in "
-            "time is its per-step stiffness estimate and the per-step check of which methods the batch needs.",
+            "time is its stiffness test (on the first step, then every `check_every` = 10 steps while it finds "
+            "nothing) and the bookkeeping of its state.",
             "",
             markdown_table(headers, rows),
             "",
