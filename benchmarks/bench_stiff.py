@@ -97,6 +97,15 @@ def robertson_jac(t, y):
     return np.array([[-k1, k3 * c, k3 * b], [k1, -k3 * c - 2 * k2 * b, -k3 * b], [0.0, 2 * k2 * b, 0.0]])
 
 
+def robertson_jac_torch(t, y):
+    """The analytic Jacobian for dxdt, ``(B, 3, 3)`` (what scipy is given, batched)."""
+    k1, k2, k3 = ROBER_K
+    _, b, c = y.unbind(-1)
+    one, zero = torch.ones_like(b), torch.zeros_like(b)
+    rows = ((-k1 * one, k3 * c, k3 * b), (k1 * one, -k3 * c - 2 * k2 * b, -k3 * b), (zero, 2 * k2 * b, zero))
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
+
+
 def van_der_pol(t, y):
     x, v = y[..., 0], y[..., 1]
     return _stack(v, 1000.0 * (1 - x * x) * v - x)
@@ -105,6 +114,13 @@ def van_der_pol(t, y):
 def van_der_pol_jac(t, y):
     x, v = y
     return np.array([[0.0, 1.0], [-2000.0 * x * v - 1, 1000.0 * (1 - x * x)]])
+
+
+def van_der_pol_jac_torch(t, y):
+    x, v = y.unbind(-1)
+    one, zero = torch.ones_like(x), torch.zeros_like(x)
+    rows = ((zero, one), (-2000.0 * x * v - 1, 1000.0 * (1 - x * x)))
+    return torch.stack([torch.stack(row, dim=-1) for row in rows], dim=-2)
 
 
 def hires(t, y):
@@ -145,11 +161,21 @@ class Problem:
     atol: float
     floor: float
     ref_atol: float
+    torch_jac: Callable | None = None
 
 
 PROBLEMS = {
     "robertson": Problem(
-        "Robertson, t ∈ [0, 1e5]", robertson, robertson_jac, (1.0, 0.0, 0.0), 1e5, 1e-6, 1e-10, 1e-4, 1e-20
+        "Robertson, t ∈ [0, 1e5]",
+        robertson,
+        robertson_jac,
+        (1.0, 0.0, 0.0),
+        1e5,
+        1e-6,
+        1e-10,
+        1e-4,
+        1e-20,
+        robertson_jac_torch,
     ),
     "hires": Problem(
         "HIRES, t ∈ [0, 321.8122]",
@@ -172,6 +198,7 @@ PROBLEMS = {
         1e-11,
         1e-4,
         1e-14,
+        van_der_pol_jac_torch,
     ),
 }
 
@@ -194,25 +221,34 @@ def rel_error(y: np.ndarray, ref: np.ndarray, floor: float) -> float:
 # ---------------------------------------------------------------------------------------------------- runners
 
 
-def dxdt_runner(p: Problem, solver: str, rtol: float, atol: float) -> Callable[[], Record]:
-    field = CountingField(p.f)
+def dxdt_runner(p: Problem, solver: Any, rtol: float, atol: float, compile: bool = False) -> Callable[[], Record]:
+    """``compile=True``: a Rodas5P with the analytic Jacobian (scipy's information), its step compiled; the
+    first call's time (compilation) is reported in the notes."""
+    field = CountingField(p.f) if not compile else p.f  # a counter in f would recompile (a Python side effect)
     y0 = torch.tensor([p.y0], dtype=torch.float64)
+    first: list[float] = []
 
     def run() -> Record:
-        field.reset()
-        sol = dxdt.solve(field, y0, 0.0, p.t1, solver=solver, rtol=rtol, atol=atol, max_steps=200_000)
+        if not compile:
+            field.reset()
+        start = time.perf_counter()
+        sol = dxdt.solve(field, y0, 0.0, p.t1, solver=solver, rtol=rtol, atol=atol, max_steps=200_000, compile=compile)
+        if not first:
+            first.append(time.perf_counter() - start)
         s = sol.stats
         return dict(
             y1=sol.ys[0, -1].numpy(),
             steps=int(s.n_steps[0]),
             rejected=int(s.n_rejected[0]),
             nfev=int(s.n_f_evals[0]),
-            calls=field.calls,
+            calls=None if compile else field.calls,
             njev=int(s.n_jac_evals[0]),
             nlu=int(s.n_lu_decompositions[0]),
             extra=(
-                f"Newton {int(s.n_newton_iters[0])}, fails {int(s.n_newton_failures[0])}"
-                if solver.startswith("kvaerno")
+                f"first call (compiling) {first[0]:.0f} s"
+                if compile
+                else f"Newton {int(s.n_newton_iters[0])}, fails {int(s.n_newton_failures[0])}"
+                if str(solver).startswith("kvaerno")
                 else (f"switches {int(s.n_switches[0])}" if solver == "auto" else "")
             ),
         )
@@ -293,6 +329,9 @@ def section_problems(quick: bool) -> tuple[str, dict[str, dict[str, float]]]:
         fns: dict[str, Callable[[], Record]] = {}
         for m in DXDT_METHODS:
             fns[f"dxdt {m}"] = dxdt_runner(p, m, p.rtol, p.atol)
+        if p.torch_jac is not None:
+            compiled = dxdt.Rodas5P(jac=p.torch_jac)
+            fns["dxdt rodas5p, analytic jac, compiled"] = dxdt_runner(p, compiled, p.rtol, p.atol, compile=True)
         for m in SCIPY_METHODS:
             fns[f"scipy {m}"] = scipy_runner(p, m, p.rtol, p.atol)
         try:
@@ -756,7 +795,10 @@ def run(quick: bool = False) -> str:
             "## (d) Stiff problems",
             "",
             "One thread per library (`torch.set_num_threads(1)`, OMP/MKL/OpenBLAS at 1). scipy `solve_ivp` gets the "
-            'analytic Jacobian; dxdt evaluates its Jacobians by autodiff (`jac="autodiff"`, the default). '
+            'analytic Jacobian; dxdt evaluates its Jacobians by autodiff (`jac="autodiff"`, the default), except '
+            "the row *rodas5p, analytic jac, compiled*: `Rodas5P(jac=<the same Jacobian in torch>)` with "
+            "`compile=True` (its first call compiles the step; the notes give that time, the table the later "
+            "calls). "
             "dxdt's f evals exclude the one f call per autodiff Jacobian. scipy's steps are accepted steps (it does "
             "not report rejected ones). Error: max over components of |y − ref| / max(|ref|, floor); reference: "
             "scipy Radau at rtol 1e-12 with the analytic Jacobian.",

@@ -58,10 +58,13 @@ class Combinations:
     def _matrix(self, v: torch.Tensor) -> torch.Tensor | None:
         """The weights as a matrix in ``v``'s dtype and device when the matmul path applies to ``v``, else None."""
         key = (v.dtype, v.device, v.numel() <= SMALL_STATE)
-        if key not in self._matrices:  # a constant of the method, cached per dtype, device and size class
-            use = len(self.columns) >= MIN_MATMUL_TERMS and matmul_is_exact(v) and (len(self.rows) > 1 or key[2])
-            self._matrices[key] = torch.tensor(self._dense, dtype=v.dtype, device=v.device) if use else None
-        return self._matrices[key]
+        if key in self._matrices:
+            return self._matrices[key]
+        use = len(self.columns) >= MIN_MATMUL_TERMS and matmul_is_exact(v) and (len(self.rows) > 1 or key[2])
+        matrix = torch.tensor(self._dense, dtype=v.dtype, device=v.device) if use else None
+        if not torch.compiler.is_compiling():  # a graph constant when compiled; a cache write would be a guard
+            self._matrices[key] = matrix  # a constant of the method, cached per dtype, device and size class
+        return matrix
 
     def __call__(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Every row: ``(R, *v.shape)``."""

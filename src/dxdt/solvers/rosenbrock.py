@@ -70,7 +70,7 @@ class Rosenbrock(AbstractSolver):
             f_t=torch.zeros_like(y0),
             current=torch.zeros(batch, dtype=torch.bool, device=y0.device),
             n_jac=zeros,
-            n_lu=zeros,
+            n_lu=zeros.clone(),  # distinct tensors: aliased inputs would make a compiled step recompile
         )
 
     def step(self, term, t, dt, y, f0, state: RosenbrockState, rtol=None, atol=None) -> StepResult:
@@ -78,7 +78,9 @@ class Rosenbrock(AbstractSolver):
         times = term.stage_times(t, dt, torch.tensor((*tab.c, 1.0), dtype=torch.float64, device=t.device), y.dtype)
         # The Jacobian is needed wherever it is not already at the current point (after an accepted step).
         stale = ~state.current
-        if bool(stale.any()):
+        # Compiled (compile=True), the Jacobian is evaluated on every attempt and kept only where stale: a
+        # host-side test would split the step into several graphs.
+        if torch.compiler.is_compiling() or bool(stale.any()):
             grad = torch.is_grad_enabled() and (y.requires_grad or f0.requires_grad)
             jac_new, f_t_new = jacobian(term, times[0], y, self.jac, with_time=True, create_graph=grad, atol=atol)
             jac = torch.where(stale[:, None, None], jac_new, state.jac)
