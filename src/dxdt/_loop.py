@@ -85,7 +85,9 @@ class Loop:
         record: keep every step (for dense output, interpolated save times, or saving every step).
         step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics); the caller
             interpolates back to t1. Requires ``stops is None``.
-        compile: run each attempted step (stages, error estimate) as one ``torch.compile``d function.
+        compile: run each iteration (the attempted step, error test, controller and status updates) as one
+            ``torch.compile``d function; with ``on_step`` (whose Python side effects cannot be traced) only
+            the attempted step is compiled.
         on_step: a :data:`StepHook` called after every iteration.
     """
 
@@ -121,7 +123,9 @@ class Loop:
         self.stop_tau = (self.stops - t0[:, None]) * self.direction[:, None]
         self.single_stop = self.stop_tau.shape[1] == 1
         self.retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
-        self.attempt = _compiled_attempt() if compile else _attempt
+        whole = compile and on_step is None
+        self.attempt = _compiled_attempt() if compile and not whole else _attempt
+        self._advance = _compiled(Loop.iterate) if whole else Loop.iterate
         device = t0.device
         self.code = {s: torch.tensor(int(s), device=device) for s in Status}
         self.code_running = torch.tensor(RUNNING, device=device)
@@ -151,6 +155,10 @@ class Loop:
             bad_streak=torch.zeros(batch, dtype=torch.int64, device=y0.device),
             state=self.solver.init_state(self.term, t0, y0, f0),
         )
+
+    def advance(self, carry: Carry) -> tuple[Carry, IterationOutput]:
+        """:meth:`iterate`, compiled as a whole when the loop was made with ``compile=True``."""
+        return self._advance(self, carry)
 
     @staticmethod
     def running(carry: Carry) -> bool:
@@ -294,7 +302,7 @@ def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
     for _ in range(loop.max_steps):
         if not loop.running(carry):
             break
-        carry, out = loop.iterate(carry)
+        carry, out = loop.advance(carry)
         tally.add(out)
     return loop.finish(carry, tally)
 
@@ -306,19 +314,24 @@ def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol)
     return step, err, bad
 
 
-_COMPILED: list = []
+_COMPILED: dict[Callable, Callable] = {}
 
 
-def _compiled_attempt():
-    """``_attempt`` compiled once per process; dynamo guards (solver, f, shapes, dtypes) decide recompiles."""
-    if not _COMPILED:
-        # Every (solver, f, shape, dtype) combination is one more compiled entry of this one function; dynamo's
+def _compiled(fn: Callable) -> Callable:
+    """``fn`` compiled once per process; dynamo guards (loop settings, solver, f, shapes, dtypes) decide
+    recompiles."""
+    if fn not in _COMPILED:
+        # Every (solver, f, shape, dtype) combination is one more compiled entry of the one function; dynamo's
         # default of 8 would silently drop the 9th back to eager.
         import torch._dynamo
 
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED.append(torch.compile(_attempt, dynamic=False))
-    return _COMPILED[0]
+        _COMPILED[fn] = torch.compile(fn, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _compiled_attempt() -> Callable:
+    return _compiled(_attempt)
 
 
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
