@@ -92,7 +92,7 @@ class _Recursion:
             for _ in range(n):
                 if not loop.running(carry):
                     break
-                carry, out = loop.iterate(carry)
+                carry, out = loop.advance(carry)
                 outputs.append(out)
             return carry, outputs
         child = math.ceil(n / self.c)
