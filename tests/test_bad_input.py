@@ -169,12 +169,6 @@ CASES = [
     ("controller-unknown", dict(controller="pid"), ValueError, r"controller must be 'pi', 'i' or an Abstract.*'pid'"),
     ("batch-mode", dict(batch_mode="batch"), ValueError, r"batch_mode must be 'per_sample' or 'joint'; got 'batch'"),
     (
-        "compile-rosenbrock-autodiff-jacobian",
-        dict(solver="rodas5p", compile=True),
-        ValueError,
-        r"compile=True with Rodas5P\(\) needs jac='fd' or a callable jac: autograd Jacobians cannot be traced",
-    ),
-    (
         "compile-esdirk",
         dict(solver="kvaerno5", compile=True),
         ValueError,

@@ -77,9 +77,9 @@ def solve(
             ``torch.compile``: the first solve pays seconds to minutes of compilation; later solves with the
             same ``f``, solver, shapes and dtypes reuse it (about 3× faster on Lotka–Volterra with Tsit5, 4×
             for Rodas5P on Robertson, on CPU). Only the test whether any sample still runs stays in Python.
-            Explicit Runge–Kutta methods, and Rosenbrock methods with ``jac="fd"`` or a callable ``jac``
-            (their Jacobian is then evaluated inside the graph on every attempt); not ESDIRK or ``"auto"``,
-            which decide Newton convergence and switches on the host.
+            Explicit Runge–Kutta and Rosenbrock methods (the Jacobian is then evaluated inside the graph on
+            every attempt, by forward mode for ``jac="autodiff"``); not ESDIRK or ``"auto"``, which decide
+            Newton convergence and switches on the host.
         gradient: how gradients flow back through the solve: ``"autodiff"`` (default: backpropagation
             through the loop, the exact gradient of the computed solution), ``"checkpoint"`` (the same
             gradient with memory logarithmic in the number of steps), ``"backsolve"`` (continuous adjoint:
@@ -231,11 +231,6 @@ def _check_compilable(solver: AbstractSolver) -> None:
     if isinstance(solver, ExplicitRungeKutta):
         return
     if isinstance(solver, Rosenbrock):
-        if solver.jac == "autodiff":
-            raise ValueError(
-                f"compile=True with {solver!r} needs jac='fd' or a callable jac: autograd Jacobians cannot be "
-                f"traced by torch.compile; pass solver={type(solver).__name__}(jac='fd') or compile=False"
-            )
         return
     raise ValueError(
         f"compile=True compiles explicit Runge-Kutta and Rosenbrock steps only; {solver!r} decides per step on "

@@ -69,7 +69,24 @@ def jacobian(
         return jac.to(y.dtype), f_t
     if spec == "fd":
         return _jacobian_fd(term, t, y, atol), _time_derivative_fd(term, t, y) if with_time else None
+    if torch.compiler.is_compiling():  # reverse mode through autograd.grad cannot be traced; torch.func can
+        return _jacobian_forward(term, t, y, with_time)
     return _jacobian_autodiff(term, t, y, with_time, create_graph)
+
+
+def _jacobian_forward(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: bool):
+    """Forward mode, one ``jvp`` per column, vectorized with ``vmap``: what ``torch.compile`` can trace (eagerly
+    the reverse-mode pass is faster; see docs/architecture.md)."""
+    from torch.func import jvp, vmap
+
+    batch, n = y.shape[0], y[0].numel()
+
+    def column(tangent: torch.Tensor) -> torch.Tensor:
+        return jvp(lambda y_: term.call(t, y_), (y,), (tangent,))[1]
+
+    jac = vmap(column)(_basis(y)).reshape(n, batch, n).permute(1, 2, 0)  # (B, N_out, N_in)
+    f_t = jvp(lambda t_: term.call(t_, y), (t,), (torch.ones_like(t),))[1] if with_time else None
+    return jac, f_t
 
 
 def _jacobian_autodiff(term: Term, t: torch.Tensor, y: torch.Tensor, with_time: bool, create_graph: bool):
