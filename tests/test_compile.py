@@ -29,6 +29,22 @@ def test_compiled_step_matches_eager_with_gradients():
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-9, atol=1e-12)
 
 
+def test_compiled_iteration_is_reused_across_solves():
+    """A second solve with other values (same shapes, dtypes, f and settings) reuses the compiled iteration:
+    dynamo is told to fail rather than recompile (it would, for instance, for another batch size)."""
+    import torch._dynamo
+
+    k = torch.tensor([[1.0], [4.0]], dtype=F64)
+    first = dict(saveat=torch.linspace(0.0, 2.0, 5, dtype=F64), rtol=1e-7, atol=1e-7, compile=True)
+    dxdt.solve(field, torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=F64), 0.0, 2.0, args=k, **first)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = dxdt.solve(field, torch.tensor([[0.3, -1.0], [2.0, 0.1]], dtype=F64), 0.0, 2.0, args=2 * k, **first)
+    eager = dxdt.solve(
+        field, torch.tensor([[0.3, -1.0], [2.0, 0.1]], dtype=F64), 0.0, 2.0, args=2 * k, **first | {"compile": False}
+    )
+    torch.testing.assert_close(again.ys, eager.ys, rtol=1e-10, atol=1e-12)
+
+
 def robertson(t, y, k):
     y1, y2, y3 = y.unbind(-1)
     fast = k[:, 2] * y2 * y3
