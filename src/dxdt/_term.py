@@ -61,6 +61,8 @@ class Term:
         self.pass_args = takes_args is True or (takes_args is None and args is not None)
         self.time_shape = time_shape
         self.joint = joint
+        # Set when forward-mode AD cannot differentiate f (implicit solvers then use reverse mode for the solve).
+        self.forward_jacobian_failed = False
 
     def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``t``: float64, ``(B,)`` (per-sample) or ``(1,)`` (joint); ``y``: the loop's state."""

@@ -23,6 +23,7 @@ class AugmentedTerm(Term):
         self.pass_args = False
         self.joint = False
         self.time_shape = None
+        self.forward_jacobian_failed = False
 
     def __call__(self, t: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         return self.f(t, z)
