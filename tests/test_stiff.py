@@ -362,7 +362,10 @@ def test_auto_nonstiff_is_tsit5():
     assert auto.stats.n_switches.tolist() == [0, 0]
     assert auto.stats.n_jac_evals.tolist() == [0, 0]
     assert torch.equal(auto.stats.n_steps, tsit5.stats.n_steps)
-    assert torch.equal(auto.stats.n_f_evals, tsit5.stats.n_f_evals)
+    # Plus one evaluation per power step: stiffness tests run on the first step and every 10th after it (none
+    # was positive), and every 5th test includes the power step (iterations 0, 50, 100, ...).
+    tests = (tsit5.stats.n_steps + 49) // 50
+    assert torch.equal(auto.stats.n_f_evals, tsit5.stats.n_f_evals + tests)
     assert torch.equal(auto.ys, tsit5.ys)
 
 
@@ -377,7 +380,7 @@ def _aten_ops(fn) -> int:
 
 def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
     """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
-    synchronisation then: the automatic solver runs under 5 % more tensor operations than Tsit5 alone (2 %
+    synchronisation then: the automatic solver runs under 5 % more tensor operations than Tsit5 alone (3 %
     measured; 19 % with a test and a synchronisation every step, which took 1.25x Tsit5's time)."""
     y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
     counts = {
@@ -465,13 +468,15 @@ def test_esdirk_statistics():
 
 def test_auto_statistics_count_only_stiff_work():
     """The automatic solver counts Jacobians and LUs of its stiff steps only: Robertson switches once and stays
-    stiff, so every step after the switch has one LU, and the explicit steps before it cost 6 f evaluations."""
+    stiff, so every step after the switch has one LU, and the explicit steps before it cost 6 f evaluations,
+    plus one for each that was tested for stiffness (at least the first, at most all)."""
     s = _stats(solve_problem("robertson", "auto", 1e-6))
     assert s["n_switches"] == 1
     stiff_steps = s["n_lu_decompositions"]
     explicit_steps = s["n_steps"] - stiff_steps
     assert explicit_steps >= 10  # switch_after = 10 steps of evidence
-    assert s["n_f_evals"] == 2 + 6 * explicit_steps + RODAS5P.stages * stiff_steps
+    tests = s["n_f_evals"] - (2 + 6 * explicit_steps + RODAS5P.stages * stiff_steps)
+    assert 1 <= tests <= explicit_steps
 
 
 # ---------------------------------------------------------------------------------------------------- batch invariance

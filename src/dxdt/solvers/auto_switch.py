@@ -28,6 +28,8 @@ from .stiff_methods import Rodas5P
 
 # Tsit5's stability region reaches about −3.5 on the real axis; a step this close to it is stability-limited.
 STIFF_RATIO = 0.8 * 3.5
+# Every how many stiffness tests of a sample without evidence the power step (one f evaluation) joins it.
+POWER_EVERY = 5
 
 
 class AutoSwitchState(NamedTuple):
@@ -36,13 +38,17 @@ class AutoSwitchState(NamedTuple):
     n_switches: torch.Tensor  # (B,) int64
     ran_stiff: bool  # whether the last step ran the stiff method (for any sample)
     inner: Any  # the stiff method's state
+    # (B,) int64: the iteration of each sample's last stiffness test. Tests are scheduled per sample, so that a
+    # sample's steps never depend on the rest of the batch.
+    last_test: torch.Tensor | None = None
     # Host-side summary, refreshed whenever a step could have changed it (so most non-stiff steps need no
-    # host synchronisation): whether any / every sample is stiff, any has a streak going, and the steps
-    # since the last stiffness test.
+    # host synchronisation): whether any / every sample is stiff, any has a streak going, the iteration
+    # count and the first iteration at which some running sample is due for a test.
     any_stiff: bool = False
     all_stiff: bool = False
     any_streak: bool = False
-    since_test: int = 0
+    iteration: int = 0
+    next_test: int = 0
     tested: bool = False  # whether the last step tested (its streaks may have changed)
     # f evaluations a stiff step costs beyond an explicit one, per sample (a constant, made once per solve)
     stiff_extra_evals: torch.Tensor | None = None
@@ -89,43 +95,59 @@ class AutoSwitch(AbstractSolver):
             n_switches=zeros,
             ran_stiff=False,
             inner=self.stiff.init_state(term, t0, y0, f0),
-            since_test=self.check_every - 1,  # test the first step: many problems are stiff from the start
+            # Every sample is tested on its first step: many problems are stiff from the start.
+            last_test=torch.full_like(zeros, -self.check_every),
             stiff_extra_evals=torch.full_like(zeros, self.stiff.evals_per_step - self.nonstiff.evals_per_step),
         )
 
     def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
         stiff, any_stiff, all_stiff = state.stiff, state.any_stiff, state.all_stiff
         explicit = None if all_stiff else self.nonstiff.step(term, t, dt, y, f0)
-        # Test the explicit samples every check_every steps, and every step while a streak is going.
-        test = explicit is not None and (state.any_streak or state.since_test + 1 >= self.check_every)
+        # Test each explicit sample every check_every steps, and every step while it has a streak going.
+        iteration = state.iteration
+        test = explicit is not None and (state.any_streak or iteration >= state.next_test)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             return explicit._replace(
                 ks=(explicit, None, stiff),
-                state=state._replace(since_test=state.since_test + 1, tested=False, ran_stiff=False),
+                state=state._replace(iteration=iteration + 1, tested=False, ran_stiff=False),
                 extra_evals=None,
             )
+        last_test = state.last_test
+        if test:
+            due = ~stiff & ((iteration - last_test >= self.check_every) | (state.streak > 0))
+            last_test = torch.where(due, iteration, last_test)
         implicit = None
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
             inner = state.inner._replace(current=state.inner.current & stiff)
             implicit = self.stiff.step(term, t, dt, y, f0, inner, rtol, atol)
         streak = state.streak
+        # The power step (one more f evaluation) joins every POWER_EVERY-th test of a sample, on a global clock of
+        # iterations so that it does not depend on the batch, and every test while the sample has a streak.
+        window = (iteration // self.check_every) % POWER_EVERY == 0
+        power = test and (state.any_streak or window)
+        test_evals = None
         with torch.no_grad():
             if test:
                 # dt·ρ = ‖k₇ − k₆‖ / ‖(Y₇ − Y₆)/dt‖: Hairer's estimate needs no dt.
                 stage_diff, gap = self._stiffness_weights(explicit.ks)
-                to_stiff = rms_norm(stage_diff) > STIFF_RATIO * rms_norm(gap)
+                diff_norm = rms_norm(stage_diff)
+                to_stiff = diff_norm > STIFF_RATIO * rms_norm(gap)
+            if power:
+                power_due = due if window else due & (state.streak > 0)
+                power_stiff = self._power_step(term, t, dt, explicit, stage_diff, diff_norm)
+                to_stiff = to_stiff | (power_due & power_stiff)
+                test_evals = power_due.to(torch.int64)  # its f evaluation, for the samples it tested
             if implicit is not None:
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
-            if test:
-                indicator = to_stiff if implicit is None else torch.where(stiff, to_nonstiff, to_stiff)
-                streak = torch.where(indicator, streak + 1, 0)
-            elif implicit is not None:  # only the stiff samples were tested; the others keep their streak
+            if test:  # the explicit samples due for a test
+                streak = torch.where(due, torch.where(to_stiff, streak + 1, 0), streak)
+            if implicit is not None:  # the stiff samples, every step
                 streak = torch.where(stiff, torch.where(to_nonstiff, streak + 1, 0), streak)
-        state = state._replace(streak=streak, tested=test or any_stiff, since_test=0 if test else state.since_test + 1)
+        state = state._replace(streak=streak, last_test=last_test, tested=test or any_stiff, iteration=iteration + 1)
         if explicit is None or implicit is None:
             chosen = explicit if implicit is None else implicit
-            extra = None if implicit is None else state.stiff_extra_evals
+            extra = test_evals if implicit is None else state.stiff_extra_evals
             inner = state.inner if implicit is None else implicit.state
             data = (explicit, implicit, stiff)
             return chosen._replace(ks=data, state=state._replace(ran_stiff=any_stiff, inner=inner), extra_evals=extra)
@@ -139,18 +161,35 @@ class AutoSwitch(AbstractSolver):
             f0=f0,
             state=state._replace(ran_stiff=True, inner=implicit.state),
             failed=implicit.failed & stiff,
-            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0),
+            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0 if test_evals is None else test_evals),
         )
+
+    def _power_step(self, term, t, dt, explicit, v, v_norm) -> torch.Tensor:
+        """One power iteration from Hairer's direction: ``dt·‖J v‖/‖v‖`` with ``v = k₇ − k₆ ≈ J (Y₇ − Y₆)``, by a
+        forward difference at ``(t + dt, y₁)``. Hairer's ratio can miss most of the dominant eigenvalue when
+        the step is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45); one more application of J
+        amplifies its direction by the stiffness ratio itself."""
+        y1, f1 = explicit.y1, explicit.f1
+        scale = v_norm.clamp_min(1e-300)
+        eps = (torch.finfo(y1.dtype).eps ** 0.5) * (1 + rms_norm(y1))
+        shape = (-1,) + (1,) * (y1.ndim - 1)
+        step = (eps / scale).reshape(shape).to(y1.dtype)
+        jv = (term(t + dt, y1 + step * v) - f1) / step
+        return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
         if not new.tested:  # no streak moved, so no sample can switch: nothing to synchronise
-            return old._replace(inner=inner, since_test=new.since_test, tested=False)
+            return old._replace(inner=inner, iteration=new.iteration, tested=False)
         streak = torch.where(running, new.streak, old.streak)
+        last_test = torch.where(running, new.last_test, old.last_test)
         switch = running & (streak >= self.switch_after)
         stiff = old.stiff ^ switch
         streak = torch.where(switch, 0, streak)
-        any_stiff, all_stiff, any_streak = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()]).tolist()
+        # The first iteration at which a running explicit sample is due again (finished ones never are).
+        pending = torch.where(running & ~stiff, last_test, torch.iinfo(torch.int64).max - self.check_every)
+        summary = torch.stack([stiff.any(), stiff.all(), (streak > 0).any(), pending.min() + self.check_every])
+        any_stiff, all_stiff, any_streak, next_test = summary.tolist()
         return old._replace(
             stiff=stiff,
             streak=streak,
@@ -160,7 +199,9 @@ class AutoSwitch(AbstractSolver):
             any_stiff=bool(any_stiff),
             all_stiff=bool(all_stiff),
             any_streak=bool(any_streak),
-            since_test=new.since_test,
+            last_test=last_test,
+            iteration=new.iteration,
+            next_test=int(next_test),
             tested=False,
         )
 
