@@ -107,11 +107,8 @@ class AutoSwitch(AbstractSolver):
         iteration = state.iteration
         test = explicit is not None and (state.any_streak or iteration >= state.next_test)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
-            return explicit._replace(
-                ks=(explicit, None, stiff),
-                state=state._replace(iteration=iteration + 1, tested=False, ran_stiff=False),
-                extra_evals=None,
-            )
+            # (tested and ran_stiff are already False here: commit clears them)
+            return explicit._replace(ks=(explicit, None, stiff), state=state._replace(iteration=iteration + 1))
         last_test = state.last_test
         if test:
             due = ~stiff & ((iteration - last_test >= self.check_every) | (state.streak > 0))
@@ -179,8 +176,8 @@ class AutoSwitch(AbstractSolver):
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
-        if not new.tested:  # no streak moved, so no sample can switch: nothing to synchronise
-            return old._replace(inner=inner, iteration=new.iteration, tested=False)
+        if not new.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
+            return new
         streak = torch.where(running, new.streak, old.streak)
         last_test = torch.where(running, new.last_test, old.last_test)
         switch = running & (streak >= self.switch_after)
