@@ -5,9 +5,12 @@ Tsit5 step, both evaluated at ``t + dt`` (Hairer & Wanner, *Solving ODEs II*, IV
 DOPRI5): ``ρ ≈ ‖f(Y₇) − f(Y₆)‖ / ‖Y₇ − Y₆‖`` approximates the dominant eigenvalue along the step, and
 ``dt·ρ`` near the method's stability boundary (3.5 for Tsit5) means the step size is limited by stability
 rather than accuracy. As in DOPRI5, the test runs every ``check_every`` steps, and every step once a test
-was positive; when the evidence persists for ``switch_after`` consecutive steps the sample moves to the
-stiff method (Rodas5P). In stiff mode the Jacobian is at hand, and ``dt·‖J‖∞`` (an upper
-bound of ``dt·ρ``) below the explicit boundary for ``switch_after`` consecutive steps moves the sample back.
+was positive, on each sample's own schedule; every ``POWER_EVERY``-th test, and every test during a streak,
+adds one power-iteration step (one f evaluation), because Hairer's ratio alone can miss most of the dominant
+eigenvalue when the step is also accuracy-limited. When the evidence persists for ``switch_after``
+consecutive steps the sample moves to the stiff method (Rodas5P). In stiff mode the Jacobian is at hand,
+and ``dt·‖J‖∞`` (an upper bound of ``dt·ρ``) below the explicit boundary for ``switch_after`` consecutive
+steps moves the sample back.
 
 Both methods have error order 4, so the step-size controller's history carries across switches. A batch
 that mixes modes computes both steps and keeps each sample's own, so results stay independent of the batch.
