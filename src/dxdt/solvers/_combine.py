@@ -66,14 +66,17 @@ class Combinations:
             self._matrices[key] = matrix  # a constant of the method, cached per dtype, device and size class
         return matrix
 
+    def _matmul(self, w: torch.Tensor, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """``(R, numel)``: the weight matrix times the stacked non-zero columns."""
+        return w @ torch.stack([vectors[j] for j in self.columns]).reshape(len(self.columns), -1)
+
     def __call__(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """Every row: ``(R, *v.shape)``."""
         v = vectors[0]
         w = self._matrix(v)
         if w is None:
             return torch.stack([combine(row, vectors) for row in self.rows])
-        stacked = torch.stack([vectors[j] for j in self.columns])
-        return (w @ stacked.reshape(len(self.columns), -1)).reshape(len(self.rows), *v.shape)
+        return self._matmul(w, vectors).reshape(len(self.rows), *v.shape)
 
     def one(self, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
         """The only row (one-row combinations): ``v.shape``."""
@@ -81,8 +84,7 @@ class Combinations:
         w = self._matrix(v)
         if w is None:
             return combine(self.rows[0], vectors)
-        stacked = torch.stack([vectors[j] for j in self.columns])
-        return (w @ stacked.reshape(len(self.columns), -1)).reshape(v.shape)
+        return self._matmul(w, vectors).reshape(v.shape)
 
 
 def per_sample(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -125,7 +125,7 @@ class AutoSwitch(AbstractSolver):
         # iterations so that it does not depend on the batch, and every test while the sample has a streak.
         window = (iteration // self.check_every) % POWER_EVERY == 0
         power = test and (state.any_streak or window)
-        test_evals = None
+        power_evals = None
         with torch.no_grad():
             if test:
                 # dt·ρ = ‖k₇ − k₆‖ / ‖(Y₇ − Y₆)/dt‖: Hairer's estimate needs no dt.
@@ -136,7 +136,7 @@ class AutoSwitch(AbstractSolver):
                 power_due = due if window else due & (state.streak > 0)
                 power_stiff = self._power_step(term, t, dt, explicit, stage_diff, diff_norm)
                 to_stiff = to_stiff | (power_due & power_stiff)
-                test_evals = power_due.to(torch.int64)  # its f evaluation, for the samples it tested
+                power_evals = power_due.to(torch.int64)  # its f evaluation, for the samples it tested
             if implicit is not None:
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
@@ -147,7 +147,7 @@ class AutoSwitch(AbstractSolver):
         state = state._replace(streak=streak, last_test=last_test, tested=test or any_stiff, iteration=iteration + 1)
         if explicit is None or implicit is None:
             chosen = explicit if implicit is None else implicit
-            extra = test_evals if implicit is None else state.stiff_extra_evals
+            extra = power_evals if implicit is None else state.stiff_extra_evals
             inner = state.inner if implicit is None else implicit.state
             data = (explicit, implicit, stiff)
             return chosen._replace(ks=data, state=state._replace(ran_stiff=any_stiff, inner=inner), extra_evals=extra)
@@ -161,7 +161,7 @@ class AutoSwitch(AbstractSolver):
             f0=f0,
             state=state._replace(ran_stiff=True, inner=implicit.state),
             failed=implicit.failed & stiff,
-            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0 if test_evals is None else test_evals),
+            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0 if power_evals is None else power_evals),
         )
 
     def _power_step(self, term, t, dt, explicit, v, v_norm) -> torch.Tensor:
@@ -178,9 +178,9 @@ class AutoSwitch(AbstractSolver):
         return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
-        inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
         if not new.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
             return new
+        inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
         streak = torch.where(running, new.streak, old.streak)
         last_test = torch.where(running, new.last_test, old.last_test)
         switch = running & (streak >= self.switch_after)
