@@ -57,6 +57,7 @@ from common import (
     markdown_table,
     single_thread,
     time_interleaved,
+    timing_cells,
     versions,
 )
 from torch import nn
@@ -568,9 +569,7 @@ def training_section(quick: bool) -> str:
             rows.append(
                 [
                     name,
-                    fmt_time(timing.median),
-                    fmt_time(timing.min),
-                    f"{timing.spread:.0%}",
+                    *timing_cells(timing),
                     fmt_ratio(timing.median / base),
                     fmt_ratio(timing.median / tdq_adj),
                     rec["steps"],
@@ -762,9 +761,7 @@ def mechanistic_section(quick: bool) -> str:
             rows.append(
                 [
                     name,
-                    fmt_time(timing.median),
-                    fmt_time(timing.min),
-                    f"{timing.spread:.0%}",
+                    *timing_cells(timing),
                     fmt_ratio(timing.median / base),
                     rec["calls_fwd"],
                     rec["calls_bwd"],

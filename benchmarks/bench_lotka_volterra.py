@@ -30,11 +30,11 @@ from common import (
     cached_array,
     fmt_ratio,
     fmt_sci,
-    fmt_time,
     markdown_table,
     scipy_final_state,
     single_thread,
     time_interleaved,
+    timing_cells,
 )
 from scipy.integrate import solve_ivp
 
@@ -187,9 +187,7 @@ def results_table(timings, records, ref: np.ndarray, baseline: float) -> str:
         rows.append(
             [
                 name,
-                fmt_time(timing.median),
-                fmt_time(timing.min),
-                f"{timing.spread:.0%}",
+                *timing_cells(timing),
                 fmt_ratio(timing.median / baseline),
                 f"{rec['calls']}{own}",
                 f"{rec['steps']} ({rec['rejected']})",

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torchdiffeq
 import torchode
-from common import CountingField, fmt_ratio, fmt_sci, fmt_time, markdown_table, single_thread, time_interleaved
+from common import CountingField, fmt_ratio, fmt_sci, markdown_table, single_thread, time_interleaved, timing_cells
 from scipy.integrate import solve_ivp
 from torch import nn
 
@@ -317,9 +317,7 @@ def run(quick: bool = False) -> str:
             rows.append(
                 [
                     name,
-                    fmt_time(timing.median),
-                    fmt_time(timing.min),
-                    f"{timing.spread:.0%}",
+                    *timing_cells(timing),
                     fmt_ratio(timing.median / baseline),
                     rec["calls"],
                     rec["iterations"],

@@ -57,6 +57,7 @@ from common import (
     markdown_table,
     single_thread,
     time_interleaved,
+    timing_cells,
     versions,
 )
 from scipy.integrate import solve_ivp
@@ -354,9 +355,7 @@ def section_problems(quick: bool) -> tuple[str, dict[str, dict[str, float]]]:
             rows.append(
                 [
                     label,
-                    fmt_time(timing.median),
-                    fmt_time(timing.min),
-                    f"{timing.spread:.0%}",
+                    *timing_cells(timing),
                     fmt_ratio(timing.median / base),
                     f"{r['steps']}" + ("" if r["rejected"] is None else f" ({r['rejected']})"),
                     "—" if r["nfev"] is None else r["nfev"],
@@ -426,9 +425,7 @@ def section_nonstiff(quick: bool) -> str:
     rows = [
         [
             label,
-            fmt_time(t.median),
-            fmt_time(t.min),
-            f"{t.spread:.0%}",
+            *timing_cells(t),
             fmt_ratio(t.median / base),
             records[label]["steps"],
             records[label]["nfev"],

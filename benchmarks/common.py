@@ -181,6 +181,11 @@ def fmt_ratio(x: float) -> str:
     return f"{x:.2f}×"
 
 
+def timing_cells(timing: Timing) -> list[str]:
+    """The median, min and IQR/median columns of every timing table."""
+    return [fmt_time(timing.median), fmt_time(timing.min), f"{timing.spread:.0%}"]
+
+
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """A GitHub markdown table; numbers are right-aligned."""
     cells = [[str(c) for c in row] for row in rows]
