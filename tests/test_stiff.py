@@ -380,14 +380,14 @@ def _aten_ops(fn) -> int:
 
 def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
     """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
-    synchronisation then: the automatic solver runs under 5 % more tensor operations than Tsit5 alone (3 %
-    measured; 19 % with a test and a synchronisation every step, which took 1.25x Tsit5's time)."""
+    synchronisation then: the automatic solver runs under 3 % more tensor operations than Tsit5 alone (1.9 %
+    measured; 16 % with a test every step, which takes 1.19x Tsit5's time)."""
     y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
     counts = {
         s: _aten_ops(lambda s=s: dxdt.solve(lotka_volterra, y0, 0.0, 5.0, solver=s, rtol=1e-8, atol=1e-8))
         for s in ("tsit5", "auto")
     }
-    assert counts["auto"] <= 1.05 * counts["tsit5"], counts
+    assert counts["auto"] <= 1.03 * counts["tsit5"], counts
 
 
 @pytest.mark.parametrize("check_every", [1, 10])

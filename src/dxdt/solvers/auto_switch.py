@@ -5,8 +5,9 @@ Tsit5 step, both evaluated at ``t + dt`` (Hairer & Wanner, *Solving ODEs II*, IV
 DOPRI5): ``ρ ≈ ‖f(Y₇) − f(Y₆)‖ / ‖Y₇ − Y₆‖`` approximates the dominant eigenvalue along the step, and
 ``dt·ρ`` near the method's stability boundary (3.5 for Tsit5) means the step size is limited by stability
 rather than accuracy. As in DOPRI5, the test runs every ``check_every`` steps, and every step once a test
-was positive, on each sample's own schedule; every ``POWER_EVERY``-th test, and every test during a streak,
-adds one power-iteration step (one f evaluation), because Hairer's ratio alone can miss most of the dominant
+was positive, on a clock of loop iterations (a sample sees the same iterations whatever its batch); the
+tests of every ``POWER_EVERY``-th window of the clock, and every test during a streak, add one
+power-iteration step (one f evaluation), because Hairer's ratio alone can miss most of the dominant
 eigenvalue when the step is also accuracy-limited. When the evidence persists for ``switch_after``
 consecutive steps the sample moves to the stiff method (Rodas5P). In stiff mode the Jacobian is at hand,
 and ``dt·‖J‖∞`` (an upper bound of ``dt·ρ``) below the explicit boundary for ``switch_after`` consecutive
@@ -35,26 +36,28 @@ STIFF_RATIO = 0.8 * 3.5
 POWER_EVERY = 5
 
 
-class AutoSwitchState(NamedTuple):
+class AutoSwitchModes(NamedTuple):
     stiff: torch.Tensor  # (B,) bool: the method each sample uses
     streak: torch.Tensor  # (B,) int64: consecutive steps that pointed to the other method
     n_switches: torch.Tensor  # (B,) int64
-    ran_stiff: bool  # whether the last step ran the stiff method (for any sample)
     inner: Any  # the stiff method's state
-    # (B,) int64: the iteration of each sample's last stiffness test. Tests are scheduled per sample, so that a
-    # sample's steps never depend on the rest of the batch.
-    last_test: torch.Tensor | None = None
-    # Host-side summary, refreshed whenever a step could have changed it (so most non-stiff steps need no
-    # host synchronisation): whether any / every sample is stiff, any has a streak going, the iteration
-    # count and the first iteration at which some running sample is due for a test.
+    # f evaluations a stiff step costs beyond an explicit one, per sample (a constant, made once per solve)
+    stiff_extra_evals: torch.Tensor
+    # Host-side summary, refreshed after every step that could change it (so most non-stiff steps need no
+    # host synchronisation): whether any / every sample is stiff and whether any has a streak going.
     any_stiff: bool = False
     all_stiff: bool = False
     any_streak: bool = False
-    iteration: int = 0
-    next_test: int = 0
     tested: bool = False  # whether the last step tested (its streaks may have changed)
-    # f evaluations a stiff step costs beyond an explicit one, per sample (a constant, made once per solve)
-    stiff_extra_evals: torch.Tensor | None = None
+    ran_stiff: bool = False  # whether the last step ran the stiff method (for any sample)
+
+
+class AutoSwitchState(NamedTuple):
+    # Loop iterations so far: the clock of the stiffness tests. Every sample sees the same iterations whatever
+    # its batch, so a schedule on this clock keeps a sample's steps independent of the rest of the batch.
+    # (Kept apart from the modes so that a plain Tsit5 step only rebuilds this pair.)
+    iteration: int
+    modes: AutoSwitchModes
 
 
 class AutoSwitch(AbstractSolver):
@@ -92,65 +95,76 @@ class AutoSwitch(AbstractSolver):
 
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
         zeros = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
-        return AutoSwitchState(
+        modes = AutoSwitchModes(
             stiff=zeros.bool(),
             streak=zeros,
             n_switches=zeros,
-            ran_stiff=False,
             inner=self.stiff.init_state(term, t0, y0, f0),
-            # Every sample is tested on its first step: many problems are stiff from the start.
-            last_test=torch.full_like(zeros, -self.check_every),
             stiff_extra_evals=torch.full_like(zeros, self.stiff.evals_per_step - self.nonstiff.evals_per_step),
         )
+        return AutoSwitchState(0, modes)
 
     def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
-        stiff, any_stiff, all_stiff = state.stiff, state.any_stiff, state.all_stiff
-        explicit = None if all_stiff else self.nonstiff.step(term, t, dt, y, f0)
-        # Test each explicit sample every check_every steps, and every step while it has a streak going.
-        iteration = state.iteration
-        test = explicit is not None and (state.any_streak or iteration >= state.next_test)
+        iteration, m = state
+        stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
+        explicit = None if m.all_stiff else self.nonstiff.step(term, t, dt, y, f0)
+        # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
+        # starts on iteration 0), and on every iteration while they have a streak going.
+        on_clock = iteration % self.check_every == 0
+        test = explicit is not None and (on_clock or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
-            return explicit._replace(ks=(explicit, None, stiff), state=state._replace(iteration=iteration + 1))
-        last_test = state.last_test
-        if test:
-            due = ~stiff & ((iteration - last_test >= self.check_every) | (state.streak > 0))
-            last_test = torch.where(due, iteration, last_test)
+            return StepResult(
+                explicit.y1,
+                explicit.f1,
+                explicit.y_err,
+                explicit.y_err_low,
+                (explicit, None, stiff),
+                explicit.f0,
+                AutoSwitchState(iteration + 1, m),
+                explicit.failed,
+                explicit.extra_evals,
+            )
+        streak = m.streak
+        due = None  # the explicit samples tested this step (None: every sample)
+        if test and (any_stiff or not on_clock):
+            due = ~stiff if on_clock else ~stiff & (streak > 0)
         implicit = None
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
-            inner = state.inner._replace(current=state.inner.current & stiff)
+            inner = m.inner._replace(current=m.inner.current & stiff)
             implicit = self.stiff.step(term, t, dt, y, f0, inner, rtol, atol)
-        streak = state.streak
-        # The power step (one more f evaluation) joins every POWER_EVERY-th test of a sample, on a global clock of
-        # iterations so that it does not depend on the batch, and every test while the sample has a streak.
-        window = (iteration // self.check_every) % POWER_EVERY == 0
-        power = test and (state.any_streak or window)
+        # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
+        # iterations, and every test of a sample with a streak.
+        window = on_clock and (iteration // self.check_every) % POWER_EVERY == 0
+        power = test and (any_streak or window)
         power_evals = None
         with torch.no_grad():
             if test:
                 # dt·ρ = ‖k₇ − k₆‖ / ‖(Y₇ − Y₆)/dt‖: Hairer's estimate needs no dt.
-                stage_diff, gap = self._stiffness_weights(explicit.ks)
-                diff_norm = rms_norm(stage_diff)
-                to_stiff = diff_norm > STIFF_RATIO * rms_norm(gap)
+                pair = self._stiffness_weights(explicit.ks)  # k₇ − k₆ and (Y₇ − Y₆)/dt
+                norms = torch.linalg.vector_norm(pair.flatten(2), dim=2)
+                to_stiff = norms[0] > STIFF_RATIO * norms[1]
             if power:
-                power_due = due if window else due & (state.streak > 0)
-                power_stiff = self._power_step(term, t, dt, explicit, stage_diff, diff_norm)
-                to_stiff = to_stiff | (power_due & power_stiff)
-                power_evals = power_due.to(torch.int64)  # its f evaluation, for the samples it tested
+                with_streak = streak > 0 if due is None else due & (streak > 0)
+                power_due = due if window else with_streak
+                power_stiff = self._power_step(term, t, dt, explicit, pair[0])
+                to_stiff = to_stiff | power_stiff if power_due is None else to_stiff | (power_due & power_stiff)
+                power_evals = (~stiff if power_due is None else power_due).to(torch.int64)
             if implicit is not None:
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
             if test:  # the explicit samples due for a test
-                streak = torch.where(due, torch.where(to_stiff, streak + 1, 0), streak)
+                bumped = torch.where(to_stiff, streak + 1, 0)
+                streak = bumped if due is None else torch.where(due, bumped, streak)
             if implicit is not None:  # the stiff samples, every step
                 streak = torch.where(stiff, torch.where(to_nonstiff, streak + 1, 0), streak)
-        state = state._replace(streak=streak, last_test=last_test, tested=test or any_stiff, iteration=iteration + 1)
+        m = m._replace(streak=streak, tested=True)
         if explicit is None or implicit is None:
             chosen = explicit if implicit is None else implicit
-            extra = power_evals if implicit is None else state.stiff_extra_evals
-            inner = state.inner if implicit is None else implicit.state
+            extra = power_evals if implicit is None else m.stiff_extra_evals
+            m = m._replace(ran_stiff=any_stiff, inner=m.inner if implicit is None else implicit.state)
             data = (explicit, implicit, stiff)
-            return chosen._replace(ks=data, state=state._replace(ran_stiff=any_stiff, inner=inner), extra_evals=extra)
+            return chosen._replace(ks=data, state=AutoSwitchState(iteration + 1, m), extra_evals=extra)
         pick = stiff.reshape((-1,) + (1,) * (y.ndim - 1))
         return StepResult(
             y1=torch.where(pick, implicit.y1, explicit.y1),
@@ -159,18 +173,18 @@ class AutoSwitch(AbstractSolver):
             y_err_low=None,
             ks=(explicit, implicit, stiff),
             f0=f0,
-            state=state._replace(ran_stiff=True, inner=implicit.state),
+            state=AutoSwitchState(iteration + 1, m._replace(ran_stiff=True, inner=implicit.state)),
             failed=implicit.failed & stiff,
-            extra_evals=torch.where(stiff, state.stiff_extra_evals, 0 if power_evals is None else power_evals),
+            extra_evals=torch.where(stiff, m.stiff_extra_evals, 0 if power_evals is None else power_evals),
         )
 
-    def _power_step(self, term, t, dt, explicit, v, v_norm) -> torch.Tensor:
+    def _power_step(self, term, t, dt, explicit, v) -> torch.Tensor:
         """One power iteration from Hairer's direction: ``dt·‖J v‖/‖v‖`` with ``v = k₇ − k₆ ≈ J (Y₇ − Y₆)``, by a
         forward difference at ``(t + dt, y₁)``. Hairer's ratio can miss most of the dominant eigenvalue when
         the step is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45); one more application of J
         amplifies its direction by the stiffness ratio itself."""
         y1, f1 = explicit.y1, explicit.f1
-        scale = v_norm.clamp_min(1e-300)
+        scale = rms_norm(v).clamp_min(1e-300)
         eps = (torch.finfo(y1.dtype).eps ** 0.5) * (1 + rms_norm(y1))
         shape = (-1,) + (1,) * (y1.ndim - 1)
         step = (eps / scale).reshape(shape).to(y1.dtype)
@@ -178,35 +192,33 @@ class AutoSwitch(AbstractSolver):
         return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
-        if not new.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
+        iteration, m = new
+        if not m.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
             return new
-        inner = self.stiff.commit(old.inner, new.inner, accept, running & old.stiff) if new.ran_stiff else old.inner
-        streak = torch.where(running, new.streak, old.streak)
-        last_test = torch.where(running, new.last_test, old.last_test)
+        o = old.modes
+        inner = self.stiff.commit(o.inner, m.inner, accept, running & o.stiff) if m.ran_stiff else o.inner
+        streak = torch.where(running, m.streak, o.streak)
+        if not o.any_streak and self.switch_after > 1:
+            # Streaks were all zero, so one step leaves them at most 1: nobody switches, only any_streak can change.
+            any_streak = bool((streak > 0).any())
+            return AutoSwitchState(iteration, o._replace(streak=streak, inner=inner, any_streak=any_streak))
         switch = running & (streak >= self.switch_after)
-        stiff = old.stiff ^ switch
+        stiff = o.stiff ^ switch
         streak = torch.where(switch, 0, streak)
-        # The first iteration at which a running explicit sample is due again (finished ones never are).
-        pending = torch.where(running & ~stiff, last_test, torch.iinfo(torch.int64).max - self.check_every)
-        summary = torch.stack([stiff.any(), stiff.all(), (streak > 0).any(), pending.min() + self.check_every])
-        any_stiff, all_stiff, any_streak, next_test = summary.tolist()
-        return old._replace(
+        any_stiff, all_stiff, any_streak = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()]).tolist()
+        modes = o._replace(
             stiff=stiff,
             streak=streak,
-            n_switches=old.n_switches + switch,
-            ran_stiff=False,
+            n_switches=o.n_switches + switch,
             inner=inner,
-            any_stiff=bool(any_stiff),
-            all_stiff=bool(all_stiff),
-            any_streak=bool(any_streak),
-            last_test=last_test,
-            iteration=new.iteration,
-            next_test=int(next_test),
-            tested=False,
+            any_stiff=any_stiff,
+            all_stiff=all_stiff,
+            any_streak=any_streak,
         )
+        return AutoSwitchState(iteration, modes)
 
     def statistics(self, state: AutoSwitchState) -> dict[str, torch.Tensor]:
-        return {**self.stiff.statistics(state.inner), "n_switches": state.n_switches}
+        return {**self.stiff.statistics(state.modes.inner), "n_switches": state.modes.n_switches}
 
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
         explicit, implicit, stiff = step.ks
