@@ -172,7 +172,8 @@ CASES = [
         "compile-esdirk",
         dict(solver="kvaerno5", compile=True),
         ValueError,
-        r"compile=True compiles explicit Runge-Kutta and Rosenbrock steps only; Kvaerno5\(\) decides per step",
+        r"compile=True compiles explicit Runge-Kutta and Rosenbrock steps and the automatic solver's; Kvaerno5\(\) "
+        r"decides Newton convergence on the host",
     ),
 ]
 

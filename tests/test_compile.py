@@ -87,3 +87,27 @@ def test_compiled_rosenbrock_step_matches_eager_with_gradients(jac):
     tol = 1e-6 if jac == "fd" else 1e-9
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=tol, atol=1e-14)
     torch.testing.assert_close(g_compiled, g_eager, rtol=100 * tol, atol=1e-14)
+
+
+def prothero_robinson(t, y, lam):
+    """Stiff until t ≈ 5 for λ > 0 (as in test_stiff.py); the exact solution is sin t."""
+    return -(1 + lam * torch.sigmoid(20 * (5 - t))) * (y - torch.sin(t)) + torch.cos(t)
+
+
+@pytest.mark.slow
+def test_compiled_automatic_solver_switches_as_eager_with_gradients():
+    """solver="auto" with compile=True compiles its Tsit5 and Rodas5P steps (the switching stays on the host): a
+    batch of a sample that switches to Rodas5P and back and one that never switches takes the eager steps,
+    switches and solution, with the eager gradient (slow: ~30 s of compiling)."""
+    lam = torch.tensor([[1e5], [0.0]], dtype=F64, requires_grad=True)
+    y0 = torch.zeros(2, 1, dtype=F64)
+    results = []
+    for compile in (False, True):
+        sol = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam, solver="auto", rtol=1e-6, atol=1e-9, compile=compile)
+        (grad,) = torch.autograd.grad(sol.ys.sum(), lam)
+        results.append((sol, grad))
+    (eager, g_eager), (compiled, g_compiled) = results
+    assert compiled.stats.n_switches.tolist() == eager.stats.n_switches.tolist() == [2, 0]
+    assert torch.equal(eager.stats.n_steps, compiled.stats.n_steps)
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-7, atol=1e-14)

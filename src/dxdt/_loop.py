@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from ._compiled import compiled
 from ._solution import RUNNING, Status
 from ._term import Term
 from .controllers import AbstractController, initial_step_size
@@ -124,8 +125,8 @@ class Loop:
         self.single_stop = self.stop_tau.shape[1] == 1
         self.retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
         whole = compile and on_step is None
-        self.attempt = _compiled_attempt() if compile and not whole else _attempt
-        self._advance = _compiled(Loop.iterate) if whole else Loop.iterate
+        self.attempt = compiled(_attempt) if compile and not whole else _attempt
+        self._advance = compiled(Loop.iterate) if whole else Loop.iterate
         device = t0.device
         self.code = {s: torch.tensor(int(s), device=device) for s in Status}
         self.code_running = torch.tensor(RUNNING, device=device)
@@ -312,26 +313,6 @@ def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol)
     step = solver.step(term, t, dt, y, f, state, rtol, atol)
     err, bad = _assess(solver, step, y, rtol, atol)
     return step, err, bad
-
-
-_COMPILED: dict[Callable, Callable] = {}
-
-
-def _compiled(fn: Callable) -> Callable:
-    """``fn`` compiled once per process; dynamo guards (loop settings, solver, f, shapes, dtypes) decide
-    recompiles."""
-    if fn not in _COMPILED:
-        # Every (solver, f, shape, dtype) combination is one more compiled entry of the one function; dynamo's
-        # default of 8 would silently drop the 9th back to eager.
-        import torch._dynamo
-
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        _COMPILED[fn] = torch.compile(fn, dynamic=False)
-    return _COMPILED[fn]
-
-
-def _compiled_attempt() -> Callable:
-    return _compiled(_attempt)
 
 
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):

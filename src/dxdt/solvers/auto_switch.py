@@ -19,6 +19,8 @@ that mixes modes computes both steps and keeps each sample's own, so results sta
 
 from __future__ import annotations
 
+import copy
+import functools
 from typing import Any, NamedTuple
 
 import torch
@@ -92,6 +94,17 @@ class AutoSwitch(AbstractSolver):
         stage_gap = [x - y for x, y in zip(tab.a[-1], a6)]
         last_two = [0.0] * (tab.stages - 2) + [-1.0, 1.0]  # k₇ − k₆
         self._stiffness_weights = Combinations([last_two, stage_gap])
+        self._explicit_step, self._stiff_step = self.nonstiff.step, self.stiff.step
+
+    def with_compiled_steps(self) -> AutoSwitch:
+        """This solver with its two methods' steps ``torch.compile``d (``compile=True``). The switching decides
+        on the host between steps, which a graph cannot capture, so the loop around them stays eager."""
+        from .._compiled import compiled
+
+        clone = copy.copy(self)
+        clone._explicit_step = functools.partial(compiled(type(self.nonstiff).step), self.nonstiff)
+        clone._stiff_step = functools.partial(compiled(type(self.stiff).step), self.stiff)
+        return clone
 
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
         zeros = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
@@ -107,7 +120,7 @@ class AutoSwitch(AbstractSolver):
     def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
         iteration, m = state
         stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
-        explicit = None if m.all_stiff else self.nonstiff.step(term, t, dt, y, f0)
+        explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
         # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
         # starts on iteration 0), and on every iteration while they have a streak going.
         on_clock = iteration % self.check_every == 0
@@ -132,7 +145,7 @@ class AutoSwitch(AbstractSolver):
         implicit = None
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
             inner = m.inner._replace(current=m.inner.current & stiff)
-            implicit = self.stiff.step(term, t, dt, y, f0, inner, rtol, atol)
+            implicit = self._stiff_step(term, t, dt, y, f0, inner, rtol, atol)
         # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
         # iterations, and every test of a sample with a streak.
         window = on_clock and (iteration // self.check_every) % POWER_EVERY == 0
