@@ -103,7 +103,9 @@ def test_compiled_automatic_solver_switches_as_eager_with_gradients():
     y0 = torch.zeros(2, 1, dtype=F64)
     results = []
     for compile in (False, True):
-        sol = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam, solver="auto", rtol=1e-6, atol=1e-9, compile=compile)
+        sol = dxdt.solve(
+            prothero_robinson, y0, 0.0, 8.0, args=lam, solver="auto", rtol=1e-6, atol=1e-9, compile=compile
+        )
         (grad,) = torch.autograd.grad(sol.ys.sum(), lam)
         results.append((sol, grad))
     (eager, g_eager), (compiled, g_compiled) = results
