@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -27,6 +29,32 @@ def test_compiled_step_matches_eager_with_gradients():
     assert torch.equal(eager.stats.n_steps, compiled.stats.n_steps)
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-9, atol=1e-12)
+
+
+def test_compiled_nonfinite_step_is_redone_eagerly_and_does_not_poison_the_gradient():
+    """A step that meets NaN is rejected; with gradients it is redone with a zero step so that no NaN reaches
+    the backward pass. Compiled, that test would split the graph, so the host redoes such an iteration
+    eagerly: same steps as eager, and the exact gradient dy(t1)/dy0 = exp(−10 t1)."""
+    nans = []
+
+    def f(t, y):  # NaN wherever a stage value falls below −0.5: the first, too large, step
+        return -10.0 * y + 0.0 * torch.sqrt(y + 0.5)
+
+    def watched(t, y):
+        out = f(t, y)
+        nans.append(bool(out.isnan().any()))
+        return out
+
+    kw = dict(solver="tsit5", dt0=1.0, rtol=1e-8, atol=1e-10)
+    y0 = torch.tensor([[1.0], [0.5]], dtype=F64)
+    eager = dxdt.solve(watched, y0, 0.0, 0.3, **kw)
+    assert any(nans) and (eager.stats.n_rejected >= 1).all()  # the premise: a NaN step was rejected
+    y0 = y0.clone().requires_grad_()
+    compiled = dxdt.solve(f, y0, 0.0, 0.3, compile=True, **kw)
+    (g,) = torch.autograd.grad(compiled.ys.sum(), y0)
+    assert torch.equal(compiled.stats.n_steps, eager.stats.n_steps)
+    torch.testing.assert_close(compiled.ys, eager.ys.detach(), rtol=1e-12, atol=0)
+    torch.testing.assert_close(g, torch.full_like(g, math.exp(-3.0)), rtol=1e-7, atol=0)
 
 
 def test_compiled_iteration_is_reused_across_solves():

@@ -75,6 +75,9 @@ class IterationOutput(NamedTuple):
     accept: torch.Tensor  # (B,) bool
     extra_evals: torch.Tensor | None
     row: tuple | None  # a StepRecords row
+    # Compiled, with gradients: whether a running sample's step was unusable (0-d bool). The host then redoes
+    # the iteration eagerly with the zero-step fix (Loop.advance): testing it inside the graph would split it.
+    redo: torch.Tensor | None = None
 
 
 class Loop:
@@ -141,13 +144,13 @@ class Loop:
             dt = initial_step_size(self.term, t0, y0, f0, self.direction, self.solver.error_order, self.rtol, self.atol)
             self.n_init = 2
         else:
-            dt = self.dt0.expand(batch).clone()
+            dt = self.dt0.expand(batch).clone(memory_format=torch.contiguous_format)
         dt = dt.clamp(max=self.dt_max)
         status = torch.where(t0 == t1, Status.SUCCESS, RUNNING).to(torch.int64)
         # Idle samples (finished or failed) take steps of size 0 and are masked out of every update.
         dt = torch.where(status == RUNNING, dt, 0.0)
         return Carry(
-            t=t0.clone(),
+            t=t0.clone(memory_format=torch.contiguous_format),  # t0 may be expanded: strides are guarded
             y=y0,
             f=f0,
             dt=dt,
@@ -159,7 +162,10 @@ class Loop:
 
     def advance(self, carry: Carry) -> tuple[Carry, IterationOutput]:
         """:meth:`iterate`, compiled as a whole when the loop was made with ``compile=True``."""
-        return self._advance(self, carry)
+        new, out = self._advance(self, carry)
+        if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
+            return Loop.iterate(self, carry)
+        return new, out
 
     @staticmethod
     def running(carry: Carry) -> bool:
@@ -193,7 +199,10 @@ class Loop:
             t_new = torch.where(lands, stop, t + dt_signed)
 
         step, err, bad = self.attempt(solver, term, t, dt_signed, y, f, state, self.rtol, self.atol)
-        if (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
+        redo = None
+        if (y.requires_grad or f.requires_grad) and torch.compiler.is_compiling():
+            redo = (bad & running).any()
+        elif (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
             # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
             # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
             # The first attempt's solver state, failure flags and counts stand, so that the step sequence and
@@ -247,7 +256,7 @@ class Loop:
             status = torch.where(running, torch.where(finished, code[Status.SUCCESS], failure), status)
             dt = torch.where(status == RUNNING, dt_next, 0.0)
         carry = Carry(t, y, f, dt, status, err_prev, bad_streak, state)
-        return carry, IterationOutput(running, accept, extra, row)
+        return carry, IterationOutput(running, accept, extra, row, redo)
 
     def finish(self, carry: Carry, tally: Tally) -> LoopResult:
         """Mark samples still running as out of steps and count what every sample did."""

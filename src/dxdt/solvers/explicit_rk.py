@@ -50,9 +50,12 @@ class ExplicitRungeKutta(AbstractSolver):
         return f"{type(self).__name__}()"
 
     def _stage_c(self, device: torch.device) -> torch.Tensor:
-        if device not in self._c:  # a constant of the method, cached per device
-            self._c[device] = torch.tensor(self.tableau.c, dtype=torch.float64, device=device)
-        return self._c[device]
+        if device in self._c:  # a constant of the method, cached per device
+            return self._c[device]
+        c = torch.tensor(self.tableau.c, dtype=torch.float64, device=device)
+        if not torch.compiler.is_compiling():  # a graph constant when compiled; a cache write would be a guard
+            self._c[device] = c
+        return c
 
     def step(self, term: Term, t, dt, y, f0, state=None, rtol=None, atol=None) -> StepResult:
         tab = self.tableau
