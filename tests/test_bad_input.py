@@ -172,7 +172,7 @@ CASES = [
         "compile-esdirk",
         dict(solver="kvaerno5", compile=True),
         ValueError,
-        r"compile=True compiles explicit Runge-Kutta and Rosenbrock steps and the automatic solver's; Kvaerno5\(\) "
+        r"compile=True compiles explicit Runge-Kutta, Rosenbrock and automatic-switching steps; Kvaerno5\(\) "
         r"decides Newton convergence on the host",
     ),
 ]

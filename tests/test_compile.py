@@ -124,9 +124,13 @@ def prothero_robinson(t, y, lam):
 
 @pytest.mark.slow
 def test_compiled_automatic_solver_switches_as_eager_with_gradients():
-    """solver="auto" with compile=True compiles its Tsit5 and Rodas5P steps (the switching stays on the host): a
+    """solver="auto" with compile=True compiles whole iterations (the host passes in what its clock decides and
+    reads the switching summary back, so nothing in the graph synchronises or changes every iteration): a
     batch of a sample that switches to Rodas5P and back and one that never switches takes the eager steps,
-    switches and solution, with the eager gradient (slow: ~30 s of compiling)."""
+    switches and solution, with the eager gradient; a second solve with other values compiles nothing new
+    (slow: ~60 s of compiling)."""
+    import torch._dynamo
+
     lam = torch.tensor([[1e5], [0.0]], dtype=F64, requires_grad=True)
     y0 = torch.zeros(2, 1, dtype=F64)
     results = []
@@ -141,3 +145,40 @@ def test_compiled_automatic_solver_switches_as_eager_with_gradients():
     assert torch.equal(eager.stats.n_steps, compiled.stats.n_steps)
     torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-12)
     torch.testing.assert_close(g_compiled, g_eager, rtol=1e-7, atol=1e-14)
+    lam2 = (2 * lam).detach().requires_grad_()  # gradients tracked as in the first solve (another guard)
+    kw = dict(solver="auto", rtol=1e-6, atol=1e-9)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        again = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam2, compile=True, **kw)
+    eager = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam2, **kw)
+    assert again.stats.n_switches.tolist() == eager.stats.n_switches.tolist()
+    torch.testing.assert_close(again.ys, eager.ys, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_compiled_automatic_solver_under_an_adjoint_compiles_its_steps():
+    """With a per-step hook (the adjoints' quadrature) only attempted steps compile; the automatic solver's
+    attempt synchronises, so its Tsit5 and Rodas5P steps compile instead: the interpolating adjoint's gradient
+    equals the eager one (backsolve fails on this stiff problem, eager or not; slow: ~60 s of compiling)."""
+    lam = torch.tensor([[1e5], [0.0]], dtype=F64)
+    y0 = torch.zeros(2, 1, dtype=F64)
+    grads = []
+    for compile in (False, True):
+        p = lam.clone().requires_grad_()
+        sol = dxdt.solve(
+            prothero_robinson,
+            y0,
+            0.0,
+            8.0,
+            args=p,
+            solver="auto",
+            gradient="interpolate",
+            rtol=1e-6,
+            atol=1e-9,
+            compile=compile,
+        )
+        (g,) = torch.autograd.grad(sol.ys.sum(), p)
+        grads.append((sol, g))
+    (eager, g_eager), (compiled, g_compiled) = grads
+    assert compiled.stats.n_switches.tolist() == eager.stats.n_switches.tolist() == [2, 0]
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-6, atol=1e-12)

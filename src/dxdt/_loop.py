@@ -127,9 +127,12 @@ class Loop:
         self.stop_tau = (self.stops - t0[:, None]) * self.direction[:, None]
         self.single_stop = self.stop_tau.shape[1] == 1
         self.retry_limit = MAX_NONFINITE_RETRIES if solver.adaptive else 1
-        whole = compile and on_step is None
-        self.attempt = compiled(_attempt) if compile and not whole else _attempt
-        self._advance = compiled(Loop.iterate) if whole else Loop.iterate
+        self.whole = whole = compile and on_step is None
+        compile_attempt = False
+        if compile and not whole:
+            self.solver, compile_attempt = solver.for_compiled_attempt()
+        self.attempt = compiled(_attempt) if compile_attempt else _attempt
+        self._compiled = compiled(Loop.iterate) if whole else None
         device = t0.device
         self.code = {s: torch.tensor(int(s), device=device) for s in Status}
         self.code_running = torch.tensor(RUNNING, device=device)
@@ -162,10 +165,13 @@ class Loop:
 
     def advance(self, carry: Carry) -> tuple[Carry, IterationOutput]:
         """:meth:`iterate`, compiled as a whole when the loop was made with ``compile=True``."""
-        new, out = self._advance(self, carry)
+        if not self.whole:
+            return Loop.iterate(self, carry)
+        solver = self.solver
+        new, out = self._compiled(self, carry._replace(state=solver.enter_graph(carry.state)))
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
-        return new, out
+        return new._replace(state=solver.leave_graph(carry.state, new.state)), out
 
     @staticmethod
     def running(carry: Carry) -> bool:

@@ -120,9 +120,8 @@ def solve(
     if not dt_min < dt_max:
         raise ValueError(f"dt_min must be smaller than dt_max; got dt_min={dt_min}, dt_max={dt_max}")
     dt0_t = _check_dt0(dt0, solver, 1 if joint else batch, y0.device)
-    compile_loop = False
     if compile:
-        solver, compile_loop = _prepare_compile(solver)
+        _check_compilable(solver)
     controller = _get_controller(controller, solver)
     if controller.accepts_every_step and dt0_t is None:
         raise ValueError(f"{controller!r} takes constant steps and needs their size: pass dt0=...")
@@ -178,7 +177,7 @@ def solve(
         save=save,
         clip=clip,
         step_past_t1=step_past_t1,
-        compile=compile_loop,
+        compile=compile,
     )
     strategy.check(problem)
     solution = strategy.solve(problem)
@@ -229,16 +228,13 @@ def _check_times(t0: Any, t1: Any, batch: int, joint: bool, device: torch.device
     return t0, t1
 
 
-def _prepare_compile(solver: AbstractSolver) -> tuple[AbstractSolver, bool]:
-    """The solver to run with compile=True, and whether the whole loop iteration compiles around it."""
-    if isinstance(solver, (ExplicitRungeKutta, Rosenbrock)):
-        return solver, True
-    if isinstance(solver, AutoSwitch):  # switches on the host: its Tsit5 and Rodas5P steps compile, not the loop
-        return solver.with_compiled_steps(), False
+def _check_compilable(solver: AbstractSolver) -> None:
+    """compile=True needs a loop iteration that torch.compile can trace as a whole."""
+    if isinstance(solver, (ExplicitRungeKutta, Rosenbrock, AutoSwitch)):
+        return
     raise ValueError(
-        f"compile=True compiles explicit Runge-Kutta and Rosenbrock steps and the automatic solver's; {solver!r} "
-        "decides Newton convergence on the host within a step, which torch.compile cannot capture: pass "
-        "compile=False"
+        f"compile=True compiles explicit Runge-Kutta, Rosenbrock and automatic-switching steps; {solver!r} decides "
+        "Newton convergence on the host within a step, which torch.compile cannot capture: pass compile=False"
     )
 
 

@@ -52,14 +52,25 @@ class AutoSwitchModes(NamedTuple):
     any_streak: bool = False
     tested: bool = False  # whether the last step tested (its streaks may have changed)
     ran_stiff: bool = False  # whether the last step ran the stiff method (for any sample)
+    # Inside a compiled iteration, which cannot synchronise: the summary above as a (3,) bool tensor, turned
+    # into the bools by leave_graph.
+    summary: torch.Tensor | None = None
 
 
 class AutoSwitchState(NamedTuple):
     # Loop iterations so far: the clock of the stiffness tests. Every sample sees the same iterations whatever
     # its batch, so a schedule on this clock keeps a sample's steps independent of the rest of the batch.
     # (Kept apart from the modes so that a plain Tsit5 step only rebuilds this pair.)
-    iteration: int
+    # None inside a compiled iteration (each value would be a guard: a recompile per iteration); the host then
+    # passes what the clock decides for this iteration instead (enter_graph).
+    iteration: int | None
     modes: AutoSwitchModes
+    on_clock: bool = False  # a test iteration
+    window: bool = False  # a test iteration with a power step
+
+
+# What a compiled plain (explicit, untested) iteration sees of the modes: their flags, no tensors.
+_PLAIN = AutoSwitchModes(stiff=None, streak=None, n_switches=None, inner=None, stiff_extra_evals=None)
 
 
 class AutoSwitch(AbstractSolver):
@@ -106,6 +117,33 @@ class AutoSwitch(AbstractSolver):
         clone._stiff_step = functools.partial(compiled(type(self.stiff).step), self.stiff)
         return clone
 
+    def for_compiled_attempt(self) -> tuple[AbstractSolver, bool]:
+        # The attempt alone cannot be traced (the switching synchronises); compile the two methods' steps instead.
+        return self.with_compiled_steps(), False
+
+    def _clock(self, iteration: int) -> tuple[bool, bool]:
+        """Whether this iteration tests every explicit sample, and whether the test adds a power step."""
+        on_clock = iteration % self.check_every == 0
+        return on_clock, on_clock and (iteration // self.check_every) % POWER_EVERY == 0
+
+    def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
+        on_clock, window = self._clock(state.iteration)
+        m = state.modes
+        if not (on_clock or m.any_streak or m.any_stiff):
+            # A plain Tsit5 iteration does not read the modes' tensors: keeping them out of the graph's inputs
+            # and outputs makes it the compiled Tsit5 iteration.
+            m = _PLAIN
+        return AutoSwitchState(None, m, on_clock, window)
+
+    def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
+        m = after.modes
+        if m.stiff is None:  # a plain iteration: nothing changed
+            m = before.modes
+        elif m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
+            any_stiff, all_stiff, any_streak = m.summary.tolist()
+            m = m._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak, summary=None)
+        return AutoSwitchState(before.iteration + 1, m)
+
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
         zeros = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
         modes = AutoSwitchModes(
@@ -118,12 +156,13 @@ class AutoSwitch(AbstractSolver):
         return AutoSwitchState(0, modes)
 
     def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
-        iteration, m = state
+        iteration, m = state.iteration, state.modes
         stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
         explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
         # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
         # starts on iteration 0), and on every iteration while they have a streak going.
-        on_clock = iteration % self.check_every == 0
+        on_clock, window = (state.on_clock, state.window) if iteration is None else self._clock(iteration)
+        following = None if iteration is None else iteration + 1
         test = explicit is not None and (on_clock or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
@@ -134,7 +173,7 @@ class AutoSwitch(AbstractSolver):
                 explicit.y_err_low,
                 (explicit, None, stiff),
                 explicit.f0,
-                AutoSwitchState(iteration + 1, m),
+                AutoSwitchState(following, m),
                 explicit.failed,
                 explicit.extra_evals,
             )
@@ -148,7 +187,6 @@ class AutoSwitch(AbstractSolver):
             implicit = self._stiff_step(term, t, dt, y, f0, inner, rtol, atol)
         # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
         # iterations, and every test of a sample with a streak.
-        window = on_clock and (iteration // self.check_every) % POWER_EVERY == 0
         power = test and (any_streak or window)
         power_evals = None
         with torch.no_grad():
@@ -177,7 +215,7 @@ class AutoSwitch(AbstractSolver):
             extra = power_evals if implicit is None else m.stiff_extra_evals
             m = m._replace(ran_stiff=any_stiff, inner=m.inner if implicit is None else implicit.state)
             data = (explicit, implicit, stiff)
-            return chosen._replace(ks=data, state=AutoSwitchState(iteration + 1, m), extra_evals=extra)
+            return chosen._replace(ks=data, state=AutoSwitchState(following, m), extra_evals=extra)
         pick = stiff.reshape((-1,) + (1,) * (y.ndim - 1))
         return StepResult(
             y1=torch.where(pick, implicit.y1, explicit.y1),
@@ -186,7 +224,7 @@ class AutoSwitch(AbstractSolver):
             y_err_low=None,
             ks=(explicit, implicit, stiff),
             f0=f0,
-            state=AutoSwitchState(iteration + 1, m._replace(ran_stiff=True, inner=implicit.state)),
+            state=AutoSwitchState(following, m._replace(ran_stiff=True, inner=implicit.state)),
             failed=implicit.failed & stiff,
             extra_evals=torch.where(stiff, m.stiff_extra_evals, 0 if power_evals is None else power_evals),
         )
@@ -205,29 +243,26 @@ class AutoSwitch(AbstractSolver):
         return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
-        iteration, m = new
+        iteration, m = new.iteration, new.modes
         if not m.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
             return new
         o = old.modes
         inner = self.stiff.commit(o.inner, m.inner, accept, running & o.stiff) if m.ran_stiff else o.inner
         streak = torch.where(running, m.streak, o.streak)
-        if not o.any_streak and self.switch_after > 1:
+        traced = iteration is None  # in a compiled iteration: no synchronisation, leave_graph reads the summary
+        if not traced and not o.any_streak and self.switch_after > 1:
             # Streaks were all zero, so one step leaves them at most 1: nobody switches, only any_streak can change.
             any_streak = bool((streak > 0).any())
             return AutoSwitchState(iteration, o._replace(streak=streak, inner=inner, any_streak=any_streak))
         switch = running & (streak >= self.switch_after)
         stiff = o.stiff ^ switch
         streak = torch.where(switch, 0, streak)
-        any_stiff, all_stiff, any_streak = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()]).tolist()
-        modes = o._replace(
-            stiff=stiff,
-            streak=streak,
-            n_switches=o.n_switches + switch,
-            inner=inner,
-            any_stiff=any_stiff,
-            all_stiff=all_stiff,
-            any_streak=any_streak,
-        )
+        summary = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()])
+        modes = o._replace(stiff=stiff, streak=streak, n_switches=o.n_switches + switch, inner=inner)
+        if traced:
+            return AutoSwitchState(None, modes._replace(summary=summary))
+        any_stiff, all_stiff, any_streak = summary.tolist()
+        modes = modes._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak)
         return AutoSwitchState(iteration, modes)
 
     def statistics(self, state: AutoSwitchState) -> dict[str, torch.Tensor]:

@@ -74,6 +74,21 @@ class AbstractSolver(abc.ABC):
         """The state to carry on, given which samples were running and which accepted their step."""
         return new
 
+    def enter_graph(self, state: Any) -> Any:
+        """The state as a compiled loop iteration sees it (``compile=True``). A solver that keeps host-side
+        values in its state which change every iteration (a counter) replaces them here by what they decide,
+        so that dynamo does not recompile for each value; :meth:`leave_graph` restores them."""
+        return state
+
+    def leave_graph(self, before: Any, after: Any) -> Any:
+        """The state to carry on after a compiled iteration that started from ``before`` and returned ``after``."""
+        return after
+
+    def for_compiled_attempt(self) -> tuple[AbstractSolver, bool]:
+        """With ``compile=True`` and a per-step hook, when only the attempted step is compiled: the solver to
+        use and whether :func:`_attempt` may be compiled around its step."""
+        return self, True
+
     def statistics(self, state: Any) -> dict[str, torch.Tensor]:
         """Per-sample counters beyond steps and f evaluations (Jacobians, LUs, Newton iterations...)."""
         return {}
