@@ -129,17 +129,22 @@ class AutoSwitch(AbstractSolver):
     def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
         on_clock, window = self._clock(state.iteration)
         m = state.modes
+        # Tensors an iteration does not read stay out of the graph's inputs and outputs: a plain Tsit5 iteration
+        # reads none of the modes' (it is then the compiled Tsit5 iteration), one without stiff samples not the
+        # stiff method's state.
         if not (on_clock or m.any_streak or m.any_stiff):
-            # A plain Tsit5 iteration does not read the modes' tensors: keeping them out of the graph's inputs
-            # and outputs makes it the compiled Tsit5 iteration.
             m = _PLAIN
+        elif not m.any_stiff:
+            m = m._replace(inner=None, stiff_extra_evals=None)
         return AutoSwitchState(None, m, on_clock, window)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         m = after.modes
         if m.stiff is None:  # a plain iteration: nothing changed
             m = before.modes
-        elif m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
+        elif m.inner is None:  # no stiff sample entered it: the stiff method's state is unchanged
+            m = m._replace(inner=before.modes.inner, stiff_extra_evals=before.modes.stiff_extra_evals)
+        if m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
             any_stiff, all_stiff, any_streak = m.summary.tolist()
             m = m._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak, summary=None)
         return AutoSwitchState(before.iteration + 1, m)
@@ -161,8 +166,10 @@ class AutoSwitch(AbstractSolver):
         explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
         # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
         # starts on iteration 0), and on every iteration while they have a streak going.
-        on_clock, window = (state.on_clock, state.window) if iteration is None else self._clock(iteration)
-        following = None if iteration is None else iteration + 1
+        if iteration is None:  # inside a compiled iteration: the host says what the clock decides
+            on_clock, following = state.on_clock, None
+        else:
+            on_clock, following = iteration % self.check_every == 0, iteration + 1
         test = explicit is not None and (on_clock or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
@@ -187,6 +194,7 @@ class AutoSwitch(AbstractSolver):
             implicit = self._stiff_step(term, t, dt, y, f0, inner, rtol, atol)
         # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
         # iterations, and every test of a sample with a streak.
+        window = state.window if iteration is None else self._clock(iteration)[1]
         power = test and (any_streak or window)
         power_evals = None
         with torch.no_grad():
