@@ -808,8 +808,8 @@ def run(quick: bool = False) -> str:
             "One thread per library (`torch.set_num_threads(1)`, OMP/MKL/OpenBLAS at 1). scipy `solve_ivp` gets the "
             'analytic Jacobian; dxdt evaluates its Jacobians by autodiff (`jac="autodiff"`, the default), except '
             "in the row *rodas5p, analytic jac, compiled*: `Rodas5P(jac=<the same Jacobian in torch>)`. The "
-            "*compiled* rows pass `compile=True` (the first call compiles the loop iteration, for *auto* its Tsit5 "
-            "and Rodas5P steps, the switching staying eager; the notes give that time, the table the later calls). "
+            "*compiled* rows pass `compile=True` (the first call compiles the loop iteration, for *auto* one variant "
+            "per kind of iteration; the notes give that time, the table the later calls). "
             "dxdt's f evals exclude the one f call per autodiff Jacobian. scipy's steps are accepted steps (it does "
             "not report rejected ones). Error: max over components of |y − ref| / max(|ref|, floor); reference: "
             "scipy Radau at rtol 1e-12 with the analytic Jacobian.",

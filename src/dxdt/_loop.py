@@ -167,11 +167,13 @@ class Loop:
         """:meth:`iterate`, compiled as a whole when the loop was made with ``compile=True``."""
         if not self.whole:
             return Loop.iterate(self, carry)
-        solver = self.solver
-        new, out = self._compiled(self, carry._replace(state=solver.enter_graph(carry.state)))
+        solver, before = self.solver, carry.state
+        state = solver.enter_graph(before)
+        new, out = self._compiled(self, carry if state is before else Carry(*carry[:-1], state))
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
-        return new._replace(state=solver.leave_graph(carry.state, new.state)), out
+        state = solver.leave_graph(before, new.state)
+        return (new if state is new.state else Carry(*new[:-1], state)), out
 
     @staticmethod
     def running(carry: Carry) -> bool:

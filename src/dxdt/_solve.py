@@ -79,8 +79,7 @@ def solve(
             same ``f``, solver, shapes and dtypes reuse it (about 3× faster on Lotka–Volterra with Tsit5, 4×
             for Rodas5P on Robertson, on CPU). Only the test whether any sample still runs stays in Python.
             Explicit Runge–Kutta and Rosenbrock methods (the Jacobian is then evaluated inside the graph on
-            every attempt, by forward mode for ``jac="autodiff"``); for ``"auto"``, which switches on the
-            host, its Tsit5 and Rodas5P steps compile and the loop stays eager; not ESDIRK, which decides
+            every attempt, by forward mode for ``jac="autodiff"``) and ``"auto"``; not ESDIRK, which decides
             Newton convergence on the host.
         gradient: how gradients flow back through the solve: ``"autodiff"`` (default: backpropagation
             through the loop, the exact gradient of the computed solution), ``"checkpoint"`` (the same

@@ -52,8 +52,8 @@ class AutoSwitchModes(NamedTuple):
     any_streak: bool = False
     tested: bool = False  # whether the last step tested (its streaks may have changed)
     ran_stiff: bool = False  # whether the last step ran the stiff method (for any sample)
-    # Inside a compiled iteration, which cannot synchronise: the summary above as a (3,) bool tensor, turned
-    # into the bools by leave_graph.
+    # Inside a compiled iteration, which cannot synchronise: the summary above as a (3,) bool tensor (or (1,),
+    # "any streak" alone, when no sample could switch), turned into the bools by leave_graph.
     summary: torch.Tensor | None = None
 
 
@@ -71,6 +71,7 @@ class AutoSwitchState(NamedTuple):
 
 # What a compiled plain (explicit, untested) iteration sees of the modes: their flags, no tensors.
 _PLAIN = AutoSwitchModes(stiff=None, streak=None, n_switches=None, inner=None, stiff_extra_evals=None)
+_PLAIN_STATE = AutoSwitchState(None, _PLAIN)
 
 
 class AutoSwitch(AbstractSolver):
@@ -127,26 +128,30 @@ class AutoSwitch(AbstractSolver):
         return on_clock, on_clock and (iteration // self.check_every) % POWER_EVERY == 0
 
     def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
-        on_clock, window = self._clock(state.iteration)
         m = state.modes
         # Tensors an iteration does not read stay out of the graph's inputs and outputs: a plain Tsit5 iteration
         # reads none of the modes' (it is then the compiled Tsit5 iteration), one without stiff samples not the
         # stiff method's state.
-        if not (on_clock or m.any_streak or m.any_stiff):
-            m = _PLAIN
-        elif not m.any_stiff:
+        if not (m.any_streak or m.any_stiff or state.iteration % self.check_every == 0):
+            return _PLAIN_STATE
+        on_clock, window = self._clock(state.iteration)
+        if not m.any_stiff:
             m = m._replace(inner=None, stiff_extra_evals=None)
         return AutoSwitchState(None, m, on_clock, window)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         m = after.modes
         if m.stiff is None:  # a plain iteration: nothing changed
-            m = before.modes
-        elif m.inner is None:  # no stiff sample entered it: the stiff method's state is unchanged
+            return AutoSwitchState(before.iteration + 1, before.modes)
+        if m.inner is None:  # no stiff sample entered it: the stiff method's state is unchanged
             m = m._replace(inner=before.modes.inner, stiff_extra_evals=before.modes.stiff_extra_evals)
         if m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
-            any_stiff, all_stiff, any_streak = m.summary.tolist()
-            m = m._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak, summary=None)
+            values = m.summary.tolist()
+            if len(values) == 1:  # no sample could switch: only "any streak" may have changed
+                m = m._replace(any_streak=values[0], summary=None)
+            else:
+                any_stiff, all_stiff, any_streak = values
+                m = m._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak, summary=None)
         return AutoSwitchState(before.iteration + 1, m)
 
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
@@ -258,10 +263,12 @@ class AutoSwitch(AbstractSolver):
         inner = self.stiff.commit(o.inner, m.inner, accept, running & o.stiff) if m.ran_stiff else o.inner
         streak = torch.where(running, m.streak, o.streak)
         traced = iteration is None  # in a compiled iteration: no synchronisation, leave_graph reads the summary
-        if not traced and not o.any_streak and self.switch_after > 1:
+        if not o.any_streak and self.switch_after > 1:
             # Streaks were all zero, so one step leaves them at most 1: nobody switches, only any_streak can change.
-            any_streak = bool((streak > 0).any())
-            return AutoSwitchState(iteration, o._replace(streak=streak, inner=inner, any_streak=any_streak))
+            any_streak = (streak > 0).any()
+            if traced:
+                return AutoSwitchState(None, o._replace(streak=streak, inner=inner, summary=any_streak.reshape(1)))
+            return AutoSwitchState(iteration, o._replace(streak=streak, inner=inner, any_streak=bool(any_streak)))
         switch = running & (streak >= self.switch_after)
         stiff = o.stiff ^ switch
         streak = torch.where(switch, 0, streak)
