@@ -109,8 +109,9 @@ class AutoSwitch(AbstractSolver):
         self._explicit_step, self._stiff_step = self.nonstiff.step, self.stiff.step
 
     def with_compiled_steps(self) -> AutoSwitch:
-        """This solver with its two methods' steps ``torch.compile``d (``compile=True``). The switching decides
-        on the host between steps, which a graph cannot capture, so the loop around them stays eager."""
+        """This solver with its two methods' steps ``torch.compile``d: for ``compile=True`` with a per-step hook
+        (the adjoints' quadrature), where only an attempted step would be compiled, and the attempt, which
+        synchronises for the switching, cannot be."""
         from .._compiled import compiled
 
         clone = copy.copy(self)
@@ -119,7 +120,6 @@ class AutoSwitch(AbstractSolver):
         return clone
 
     def for_compiled_attempt(self) -> tuple[AbstractSolver, bool]:
-        # The attempt alone cannot be traced (the switching synchronises); compile the two methods' steps instead.
         return self.with_compiled_steps(), False
 
     def _clock(self, iteration: int) -> tuple[bool, bool]:
