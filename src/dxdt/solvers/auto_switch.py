@@ -69,11 +69,6 @@ class AutoSwitchState(NamedTuple):
     window: bool = False  # a test iteration with a power step
 
 
-# What a compiled plain (explicit, untested) iteration sees of the modes: their flags, no tensors.
-_PLAIN = AutoSwitchModes(stiff=None, streak=None, n_switches=None, inner=None, stiff_extra_evals=None)
-_PLAIN_STATE = AutoSwitchState(None, _PLAIN)
-
-
 class AutoSwitch(AbstractSolver):
     """Tsit5 for non-stiff stretches, Rodas5P for stiff ones, chosen per sample.
 
@@ -133,16 +128,16 @@ class AutoSwitch(AbstractSolver):
         # reads none of the modes' (it is then the compiled Tsit5 iteration), one without stiff samples not the
         # stiff method's state.
         if not (m.any_streak or m.any_stiff or state.iteration % self.check_every == 0):
-            return _PLAIN_STATE
+            return None  # a plain iteration carries no state through the graph, as Tsit5's does
         on_clock, window = self._clock(state.iteration)
         if not m.any_stiff:
             m = m._replace(inner=None, stiff_extra_evals=None)
         return AutoSwitchState(None, m, on_clock, window)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
-        m = after.modes
-        if m.stiff is None:  # a plain iteration: nothing changed
+        if after is None:  # a plain iteration: nothing changed
             return AutoSwitchState(before.iteration + 1, before.modes)
+        m = after.modes
         if m.inner is None:  # no stiff sample entered it: the stiff method's state is unchanged
             m = m._replace(inner=before.modes.inner, stiff_extra_evals=before.modes.stiff_extra_evals)
         if m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
@@ -165,7 +160,9 @@ class AutoSwitch(AbstractSolver):
         )
         return AutoSwitchState(0, modes)
 
-    def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
+    def step(self, term, t, dt, y, f0, state: AutoSwitchState | None, rtol, atol) -> StepResult:
+        if state is None:  # a plain iteration inside a compiled loop (enter_graph): Tsit5's step, nothing else
+            return self._explicit_step(term, t, dt, y, f0)
         iteration, m = state.iteration, state.modes
         stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
         explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
@@ -255,7 +252,9 @@ class AutoSwitch(AbstractSolver):
         jv = (term(t + dt, y1 + step * v) - f1) / step
         return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
-    def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
+    def commit(self, old: AutoSwitchState, new: AutoSwitchState | None, accept, running) -> AutoSwitchState | None:
+        if new is None:  # a plain compiled iteration
+            return None
         iteration, m = new.iteration, new.modes
         if not m.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
             return new
@@ -284,6 +283,8 @@ class AutoSwitch(AbstractSolver):
         return {**self.stiff.statistics(state.modes.inner), "n_switches": state.modes.n_switches}
 
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
+        if step.state is None:  # a plain compiled iteration's Tsit5 step
+            return self.nonstiff.dense_coefficients(step, y0, dt)
         explicit, implicit, stiff = step.ks
         parts = [
             solver.dense_coefficients(result, y0, dt)
