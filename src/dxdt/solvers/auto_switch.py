@@ -124,22 +124,15 @@ class AutoSwitch(AbstractSolver):
 
     def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
         m = state.modes
-        # Tensors an iteration does not read stay out of the graph's inputs and outputs: a plain Tsit5 iteration
-        # reads none of the modes' (it is then the compiled Tsit5 iteration), one without stiff samples not the
-        # stiff method's state.
+        # An untested non-stiff iteration reads none of the modes: without them it is the compiled Tsit5 iteration.
         if not (m.any_streak or m.any_stiff or state.iteration % self.check_every == 0):
             return None  # a plain iteration carries no state through the graph, as Tsit5's does
-        on_clock, window = self._clock(state.iteration)
-        if not m.any_stiff:
-            m = m._replace(inner=None, stiff_extra_evals=None)
-        return AutoSwitchState(None, m, on_clock, window)
+        return AutoSwitchState(None, m, *self._clock(state.iteration))
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
             return AutoSwitchState(before.iteration + 1, before.modes)
         m = after.modes
-        if m.inner is None:  # no stiff sample entered it: the stiff method's state is unchanged
-            m = m._replace(inner=before.modes.inner, stiff_extra_evals=before.modes.stiff_extra_evals)
         if m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
             values = m.summary.tolist()
             if len(values) == 1:  # no sample could switch: only "any streak" may have changed
