@@ -13,6 +13,7 @@ with it too.
 from __future__ import annotations
 
 import math
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -132,7 +133,6 @@ class Loop:
         if compile and not whole:
             self.solver, compile_attempt = solver.for_compiled_attempt()
         self.attempt = compiled(_attempt) if compile_attempt else _attempt
-        self._compiled = compiled(Loop.iterate) if whole else None
         device = t0.device
         self.code = {s: torch.tensor(int(s), device=device) for s in Status}
         self.code_running = torch.tensor(RUNNING, device=device)
@@ -169,7 +169,11 @@ class Loop:
             return Loop.iterate(self, carry)
         solver, before = self.solver, carry.state
         state = solver.enter_graph(before)
-        new, out = self._compiled(self, carry if state is before else Carry(*carry[:-1], state))
+        # The first iteration of a training step starts from a y0 without gradient, the later ones from states
+        # that have one: two graphs, each with its own compiled copy of iterate, so that neither pays the other's
+        # failing guard check first (~3 % of a short neural-ODE training step).
+        kind = (carry.y.requires_grad, carry.f.requires_grad)
+        new, out = _compiled_iteration(kind)(self, carry if state is before else Carry(*carry[:-1], state))
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
         state = solver.leave_graph(before, new.state)
@@ -323,6 +327,21 @@ def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
         carry, out = loop.advance(carry)
         tally.add(out)
     return loop.finish(carry, tally)
+
+
+_ITERATIONS: dict[tuple, Callable] = {}
+
+
+def _compiled_iteration(kind: tuple) -> Callable:
+    """:meth:`Loop.iterate` compiled, a copy of its code object per kind of iteration: dynamo keeps compiled
+    graphs per code object and tries them in turn behind their guards, and a failing check costs tens of µs."""
+    if kind not in _ITERATIONS:
+        fn = Loop.iterate
+        if _ITERATIONS:
+            code = fn.__code__.replace(co_name=f"iterate_{len(_ITERATIONS)}")
+            fn = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        _ITERATIONS[kind] = compiled(fn)
+    return _ITERATIONS[kind]
 
 
 def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol):
