@@ -212,9 +212,10 @@ class Loop:
 
         step, err, bad = self.attempt(solver, term, t, dt_signed, y, f, state, self.rtol, self.atol)
         redo = None
-        if (y.requires_grad or f.requires_grad) and torch.compiler.is_compiling():
+        tracked = y.requires_grad or f.requires_grad
+        if tracked and torch.compiler.is_compiling():
             redo = (bad & running).any()
-        elif (y.requires_grad or f.requires_grad) and bool((bad & running).any()):
+        elif tracked and bool((bad & running).any()):
             # A step that produced NaN/inf (or failed) is rejected, but its values would still poison the
             # gradient (0 · NaN): redo it with a zero step for those samples, which keeps every value finite.
             # The first attempt's solver state, failure flags and counts stand, so that the step sequence and

@@ -77,7 +77,8 @@ def solve(
         compile: compile each loop iteration (all stages, error test, controller, status updates) with
             ``torch.compile``: the first solve pays seconds to minutes of compilation; later solves with the
             same ``f``, solver, shapes and dtypes reuse it (about 3× faster on Lotka–Volterra with Tsit5, 4×
-            for Rodas5P on Robertson, on CPU). Only the test whether any sample still runs stays in Python.
+            for Rodas5P on Robertson, on CPU). Only the test whether any sample still runs (and, for "auto", its
+            test schedule and switching summary) stays in Python.
             Explicit Runge–Kutta and Rosenbrock methods (the Jacobian is then evaluated inside the graph on
             every attempt, by forward mode for ``jac="autodiff"``) and ``"auto"``; not ESDIRK, which decides
             Newton convergence on the host.

@@ -103,19 +103,15 @@ class AutoSwitch(AbstractSolver):
         self._stiffness_weights = Combinations([last_two, stage_gap])
         self._explicit_step, self._stiff_step = self.nonstiff.step, self.stiff.step
 
-    def with_compiled_steps(self) -> AutoSwitch:
-        """This solver with its two methods' steps ``torch.compile``d: for ``compile=True`` with a per-step hook
-        (the adjoints' quadrature), where only an attempted step would be compiled, and the attempt, which
-        synchronises for the switching, cannot be."""
+    def for_compiled_attempt(self) -> tuple[AbstractSolver, bool]:
+        """With a per-step hook (the adjoints' quadrature) only an attempted step would be compiled, and this
+        one synchronises for the switching: this solver with its two methods' steps compiled instead."""
         from .._compiled import compiled
 
         clone = copy.copy(self)
         clone._explicit_step = functools.partial(compiled(type(self.nonstiff).step), self.nonstiff)
         clone._stiff_step = functools.partial(compiled(type(self.stiff).step), self.stiff)
-        return clone
-
-    def for_compiled_attempt(self) -> tuple[AbstractSolver, bool]:
-        return self.with_compiled_steps(), False
+        return clone, False
 
     def _clock(self, iteration: int) -> tuple[bool, bool]:
         """Whether this iteration tests every explicit sample, and whether the test adds a power step."""
@@ -125,9 +121,10 @@ class AutoSwitch(AbstractSolver):
     def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
         m = state.modes
         # An untested non-stiff iteration reads none of the modes: without them it is the compiled Tsit5 iteration.
-        if not (m.any_streak or m.any_stiff or state.iteration % self.check_every == 0):
+        on_clock, window = self._clock(state.iteration)
+        if not (m.any_streak or m.any_stiff or on_clock):
             return None  # a plain iteration carries no state through the graph, as Tsit5's does
-        return AutoSwitchState(None, m, *self._clock(state.iteration))
+        return AutoSwitchState(None, m, on_clock, window)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
