@@ -3,14 +3,31 @@
 from __future__ import annotations
 
 import inspect
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+# Plain functions (and the functions behind bound methods) by their code and defaults: inspecting a signature
+# costs more than a short solve of a small system, and fits call solve with the same field many times.
+_SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
 
 def _accepts_args(f: Callable) -> bool | None:
     """True if ``f`` takes (t, y, args), False if (t, y), None if it cannot be told (``*args``)."""
+    fn = f.__func__ if inspect.ismethod(f) else f
+    if not inspect.isfunction(fn):
+        return _inspect_args(f)
+    key = (fn.__code__, fn.__defaults__, fn is not f)
+    cached = _SIGNATURES.get(fn)
+    if cached is None or cached[0] != key:
+        cached = (key, _inspect_args(f))
+        _SIGNATURES[fn] = cached
+    return cached[1]
+
+
+def _inspect_args(f: Callable) -> bool | None:
     try:
         sig = inspect.signature(f)
     except (TypeError, ValueError):

@@ -31,6 +31,11 @@ SOLVERS: dict[str, type[AbstractSolver]] = {
 }
 
 
+# Solvers hold no per-solve state (only caches of their constants), so a name maps to one shared instance:
+# building one (its weight tables) costs more than a short solve of a small system.
+_BY_NAME: dict[str, AbstractSolver] = {}
+
+
 def get_solver(solver: str | AbstractSolver) -> AbstractSolver:
     """A solver instance from a name (case-insensitive) or an instance."""
     if isinstance(solver, AbstractSolver):
@@ -38,7 +43,10 @@ def get_solver(solver: str | AbstractSolver) -> AbstractSolver:
     if isinstance(solver, type) and issubclass(solver, AbstractSolver):
         return solver()
     if isinstance(solver, str) and solver.lower() in SOLVERS:
-        return SOLVERS[solver.lower()]()
+        name = solver.lower()
+        if name not in _BY_NAME:
+            _BY_NAME[name] = SOLVERS[name]()
+        return _BY_NAME[name]
     raise ValueError(f"unknown solver {solver!r}: choose one of {', '.join(sorted(SOLVERS))}, or pass an instance")
 
 

@@ -57,13 +57,14 @@ class Combinations:
 
     def _matrix(self, v: torch.Tensor) -> torch.Tensor | None:
         """The weights as a matrix in ``v``'s dtype and device when the matmul path applies to ``v``, else None."""
+        if torch.compiler.is_compiling():
+            return None  # compiled, the elementwise sums fuse into the kernels around them; a matmul would not
         key = (v.dtype, v.device, v.numel() <= SMALL_STATE)
         if key in self._matrices:
             return self._matrices[key]
         use = len(self.columns) >= MIN_MATMUL_TERMS and matmul_is_exact(v) and (len(self.rows) > 1 or key[2])
         matrix = torch.tensor(self._dense, dtype=v.dtype, device=v.device) if use else None
-        if not torch.compiler.is_compiling():  # a graph constant when compiled; a cache write would be a guard
-            self._matrices[key] = matrix  # a constant of the method, cached per dtype, device and size class
+        self._matrices[key] = matrix  # a constant of the method, cached per dtype, device and size class
         return matrix
 
     def _matmul(self, w: torch.Tensor, vectors: Sequence[torch.Tensor]) -> torch.Tensor:
