@@ -168,12 +168,12 @@ class Loop:
         if not self.whole:
             return Loop.iterate(self, carry)
         solver, before = self.solver, carry.state
-        state = solver.enter_graph(before)
+        stepper, state = solver.enter_graph(before)
         # The first iteration of a training step starts from a y0 without gradient, the later ones from states
         # that have one: two graphs, each with its own compiled copy of iterate, so that neither pays the other's
         # failing guard check first (~3 % of a short neural-ODE training step).
-        kind = (carry.y.requires_grad, carry.f.requires_grad)
-        new, out = _compiled_iteration(kind)(self, carry if state is before else Carry(*carry[:-1], state))
+        kind = (carry.y.requires_grad, carry.f.requires_grad, state is None)
+        new, out = _compiled_iteration(kind)(self, carry if state is before else Carry(*carry[:-1], state), stepper)
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
         state = solver.leave_graph(before, new.state)
@@ -184,9 +184,12 @@ class Loop:
         """Whether any sample still runs: the one host synchronisation per iteration."""
         return bool((carry.status == RUNNING).any())
 
-    def iterate(self, carry: Carry) -> tuple[Carry, IterationOutput]:
-        """Attempt one step for every running sample; accept or reject it; update status and step size."""
-        solver, controller, term = self.solver, self.controller, self.term
+    def iterate(self, carry: Carry, stepper: AbstractSolver | None = None) -> tuple[Carry, IterationOutput]:
+        """Attempt one step for every running sample; accept or reject it; update status and step size.
+
+        ``stepper``: the solver that takes this iteration's step, when not the loop's own (see
+        :meth:`~dxdt.solvers.AbstractSolver.enter_graph`)."""
+        solver, controller, term = stepper or self.solver, self.controller, self.term
         t, y, f, dt, status, err_prev, bad_streak, state = carry
         t1, direction, code = self.t1, self.direction, self.code
         signed = _identity if self.forward else direction.mul

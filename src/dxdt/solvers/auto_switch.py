@@ -118,13 +118,14 @@ class AutoSwitch(AbstractSolver):
         on_clock = iteration % self.check_every == 0
         return on_clock, on_clock and (iteration // self.check_every) % POWER_EVERY == 0
 
-    def enter_graph(self, state: AutoSwitchState) -> AutoSwitchState:
+    def enter_graph(self, state: AutoSwitchState) -> tuple[AbstractSolver, AutoSwitchState | None]:
         m = state.modes
-        # An untested non-stiff iteration reads none of the modes: without them it is the compiled Tsit5 iteration.
+        if state.iteration % self.check_every and not (m.any_streak or m.any_stiff):
+            # An untested non-stiff iteration reads none of the modes: it is Tsit5's own compiled iteration (the
+            # same graph and guards as a plain Tsit5 solve).
+            return self.nonstiff, None
         on_clock, window = self._clock(state.iteration)
-        if not (m.any_streak or m.any_stiff or on_clock):
-            return None  # a plain iteration carries no state through the graph, as Tsit5's does
-        return AutoSwitchState(None, m, on_clock, window)
+        return self, AutoSwitchState(None, m, on_clock, window)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
@@ -150,9 +151,7 @@ class AutoSwitch(AbstractSolver):
         )
         return AutoSwitchState(0, modes)
 
-    def step(self, term, t, dt, y, f0, state: AutoSwitchState | None, rtol, atol) -> StepResult:
-        if state is None:  # a plain iteration inside a compiled loop (enter_graph): Tsit5's step, nothing else
-            return self._explicit_step(term, t, dt, y, f0)
+    def step(self, term, t, dt, y, f0, state: AutoSwitchState, rtol, atol) -> StepResult:
         iteration, m = state.iteration, state.modes
         stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
         explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
@@ -242,9 +241,7 @@ class AutoSwitch(AbstractSolver):
         jv = (term(t + dt, y1 + step * v) - f1) / step
         return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
 
-    def commit(self, old: AutoSwitchState, new: AutoSwitchState | None, accept, running) -> AutoSwitchState | None:
-        if new is None:  # a plain compiled iteration
-            return None
+    def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         iteration, m = new.iteration, new.modes
         if not m.tested:  # a plain Tsit5 step: no streak moved, no sample can switch, nothing to synchronise
             return new
@@ -273,8 +270,6 @@ class AutoSwitch(AbstractSolver):
         return {**self.stiff.statistics(state.modes.inner), "n_switches": state.modes.n_switches}
 
     def dense_coefficients(self, step: StepResult, y0: torch.Tensor, dt: torch.Tensor) -> torch.Tensor:
-        if step.state is None:  # a plain compiled iteration's Tsit5 step
-            return self.nonstiff.dense_coefficients(step, y0, dt)
         explicit, implicit, stiff = step.ks
         parts = [
             solver.dense_coefficients(result, y0, dt)

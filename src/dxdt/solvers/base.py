@@ -74,11 +74,13 @@ class AbstractSolver(abc.ABC):
         """The state to carry on, given which samples were running and which accepted their step."""
         return new
 
-    def enter_graph(self, state: Any) -> Any:
-        """The state as a compiled loop iteration sees it (``compile=True``). A solver that keeps host-side
-        values in its state which change every iteration (a counter) replaces them here by what they decide,
-        so that dynamo does not recompile for each value; :meth:`leave_graph` restores them."""
-        return state
+    def enter_graph(self, state: Any) -> tuple[AbstractSolver, Any]:
+        """The solver that takes a compiled loop iteration's step (``compile=True``), and the state as that
+        iteration sees it. A solver that keeps host-side values in its state which change every iteration (a
+        counter) replaces them here by what they decide, so that dynamo does not recompile for each value
+        (:meth:`leave_graph` restores them); one that combines methods may hand an iteration to one of them
+        outright, so that the iteration is that method's own compiled graph."""
+        return self, state
 
     def leave_graph(self, before: Any, after: Any) -> Any:
         """The state to carry on after a compiled iteration that started from ``before`` and returned ``after``."""
