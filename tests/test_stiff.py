@@ -362,9 +362,9 @@ def test_auto_nonstiff_is_tsit5():
     assert auto.stats.n_switches.tolist() == [0, 0]
     assert auto.stats.n_jac_evals.tolist() == [0, 0]
     assert torch.equal(auto.stats.n_steps, tsit5.stats.n_steps)
-    # Plus one evaluation per power step: stiffness tests run on the first step and every 10th after it (none
-    # was positive), and every 5th test includes the power step (iterations 0, 50, 100, ...).
-    tests = (tsit5.stats.n_steps + 49) // 50
+    # Plus one evaluation per power step: stiffness tests run on the first step and every 20th after it (none
+    # was positive), and every 5th test includes the power step (iterations 0, 100, 200, ...).
+    tests = (tsit5.stats.n_steps + 99) // 100
     assert torch.equal(auto.stats.n_f_evals, tsit5.stats.n_f_evals + tests)
     assert torch.equal(auto.ys, tsit5.ys)
 
@@ -380,19 +380,19 @@ def _aten_ops(fn) -> int:
 
 def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
     """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
-    synchronisation then: the automatic solver runs under 3 % more tensor operations than Tsit5 alone (1.9 %
-    measured; 16 % with a test every step, which takes 1.19x Tsit5's time)."""
+    synchronisation then: the automatic solver runs under 2 % more tensor operations than Tsit5 alone (0.9 %
+    measured; 1.7 % testing every 10th step, 16 % every step, which takes 1.19x Tsit5's time)."""
     y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
     counts = {
         s: _aten_ops(lambda s=s: dxdt.solve(lotka_volterra, y0, 0.0, 5.0, solver=s, rtol=1e-8, atol=1e-8))
         for s in ("tsit5", "auto")
     }
-    assert counts["auto"] <= 1.03 * counts["tsit5"], counts
+    assert counts["auto"] <= 1.02 * counts["tsit5"], counts
 
 
-@pytest.mark.parametrize("check_every", [1, 10])
+@pytest.mark.parametrize("check_every", [1, 20])
 def test_auto_switches_as_often_whatever_the_test_spacing(check_every):
-    """Van der Pol μ = 1000 alternates stiff branches and fast jumps: testing every step or every 10th, the
+    """Van der Pol μ = 1000 alternates stiff branches and fast jumps: testing every step or every 20th, the
     solver switches the same number of times, and spacing the tests costs at most a few percent of the steps."""
     y0 = torch.tensor([[2.0, 0.0]], dtype=F64)
     solver = dxdt.AutoSwitch(check_every=check_every)
