@@ -118,7 +118,8 @@ class ODEProblem:
         status, t_final, y_final = result.status, result.t, result.y
         if self.step_past_t1:  # report the state at t1, not where the last step overshot to
             t_final = torch.where(success, t1.detach(), t_final)
-            y_final = torch.where(per_sample(success, y_final), dense(t_final[:, None])[:, 0], y_final)
+            at_t1 = ys[:, 0] if self.ts is None and not self.save.steps else dense(t1.detach()[:, None])[:, 0]
+            y_final = torch.where(per_sample(success, y_final), at_t1, y_final)
         if joint:
             expand = lambda x: x.expand(self.batch)  # noqa: E731
             stats = Stats(
