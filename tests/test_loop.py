@@ -473,3 +473,33 @@ def test_shared_and_per_sample_save_times_keep_their_shape():
     assert dxdt.solve(lambda t, y: -y, y0_of(3), 0.0, 1.0, saveat=ts).ts.shape == (2,)
     per_sample = torch.stack([ts, ts - 0.25, ts * 0.5])
     assert torch.equal(dxdt.solve(lambda t, y: -y, y0_of(3), 0.0, 1.0, saveat=per_sample).ts, per_sample)
+
+
+@pytest.mark.parametrize("batch_mode", ["per_sample", "joint"])
+def test_stepping_past_t1_ends_at_the_crossing_steps_interpolant(batch_mode):
+    """step_past_t1 without a trajectory: the step that crosses t1 ends the sample at t1, its state read off
+    that step's dense output inside the loop: the same, in value and gradient, as interpolating the recorded
+    steps afterwards (what a save time at t1 does)."""
+    k = torch.tensor([[1.0], [4.0], [9.0]], dtype=F64, requires_grad=True)
+    y0 = torch.tensor([[1.0, 0.0]], dtype=F64).repeat(3, 1)
+    t1 = torch.tensor([2.0, 2.5, 3.0], dtype=F64) if batch_mode == "per_sample" else 3.0
+
+    def f(t, y):
+        return torch.stack([y[:, 1], -k[:, 0] * y[:, 0] - 0.1 * y[:, 1] * y[:, 0] ** 2], dim=1)
+
+    at_t1 = torch.as_tensor(t1, dtype=F64).reshape(-1, 1) if batch_mode == "per_sample" else torch.tensor([t1])
+    results = []
+    for saveat in (None, at_t1):
+        sol = dxdt.solve(f, y0, 0.0, t1, rtol=1e-6, atol=1e-8, step_past_t1=True, saveat=saveat, batch_mode=batch_mode)
+        (grad,) = torch.autograd.grad(sol.ys[:, -1].square().sum(), k)
+        results.append((sol, grad))
+    (inside, g_inside), (recorded, g_recorded) = results
+    assert torch.equal(inside.stats.n_steps, recorded.stats.n_steps)
+    torch.testing.assert_close(inside.t_final, torch.as_tensor(t1, dtype=F64).expand(3), rtol=0, atol=0)
+    torch.testing.assert_close(inside.ys[:, -1], recorded.ys[:, -1], rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(inside.y_final, recorded.y_final, rtol=1e-13, atol=1e-15)
+    torch.testing.assert_close(g_inside, g_recorded, rtol=1e-12, atol=1e-15)
+    # The last steps did overshoot: f was evaluated past each sample's t1.
+    latest = []
+    dxdt.solve(lambda t, y: latest.append(t.detach().reshape(-1)) or f(t, y), y0.detach(), 0.0, t1, step_past_t1=True)
+    assert bool((torch.stack(latest).amax(0) > torch.as_tensor(t1, dtype=F64)).all())

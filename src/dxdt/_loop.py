@@ -25,6 +25,7 @@ from ._solution import RUNNING, Status
 from ._term import Term
 from .controllers import AbstractController, initial_step_size
 from .interpolation.dense_solution import StepRecords
+from .interpolation.polynomial import evaluate_polynomial
 from .solvers.base import AbstractSolver, StepResult
 
 # Consecutive unusable attempts (non-finite values, or a failed Newton iteration), each shrinking dt by the
@@ -88,8 +89,10 @@ class Loop:
         stops: float64 ``(B, T)`` times that steps must land on exactly (save times of methods whose
             dense output is less accurate than the method), or ``None``.
         record: keep every step (for dense output, interpolated save times, or saving every step).
-        step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics); the caller
-            interpolates back to t1. Requires ``stops is None``.
+        step_past_t1: do not shorten the last step to land on t1 (torchdiffeq's semantics). With ``record``
+            the caller interpolates back to t1 from the recorded steps; without, the step that crosses t1 ends
+            its sample at t1, with the state read off that step's dense output (no trajectory is kept).
+            Requires ``stops is None``.
         compile: run each iteration (the attempted step, error test, controller and status updates) as one
             ``torch.compile``d function; with ``on_step`` (whose Python side effects cannot be traced) only
             the attempted step is compiled.
@@ -120,6 +123,7 @@ class Loop:
         self.t0, self.t1, self.rtol, self.atol = t0, t1, rtol, atol
         self.dt0, self.dt_min, self.dt_max, self.max_steps = dt0, dt_min, dt_max, max_steps
         self.record, self.step_past_t1, self.on_step = record, step_past_t1, on_step
+        self.interpolates_t1 = step_past_t1 and not record
         self.direction = torch.where(t1 >= t0, 1.0, -1.0).to(torch.float64)
         # Every sample forward in time (the common case): the signs need no multiplications.
         self.forward = bool((t1 >= t0).all())
@@ -252,6 +256,7 @@ class Loop:
             self.on_step(t, dt_accepted, step, y)
         extra = step.extra_evals * running if step.extra_evals is not None else None
         state = solver.commit(state, step.state, accept, running)
+        t_start, y_start = t, y
         t = torch.where(accept, t_new, t)
         y = torch.where(accept_y, step.y1, y)
         f = torch.where(accept_y, step.f1, f)
@@ -259,6 +264,16 @@ class Loop:
         with torch.no_grad():
             bad_streak = (bad_streak + 1) * bad
             finished = accept & ((t_new - t1) * direction >= 0 if self.step_past_t1 else t_new == t1)
+        # The step that crossed t1 ends its sample at t1, at the step's interpolant (eagerly only on the
+        # iterations where a sample finishes; compiled, every iteration, fused and masked).
+        if self.interpolates_t1 and (torch.compiler.is_compiling() or bool(finished.any())):
+            theta = torch.where(finished, (t1 - t_start) / torch.where(finished, dt_signed, 1.0), 0.0)
+            at_t1 = evaluate_polynomial(
+                solver.dense_coefficients(step, y_start, dt_accepted), theta.to(y.dtype).reshape(accept_y.shape)
+            )
+            y = torch.where(finished.reshape(accept_y.shape), at_t1, y)
+            t = torch.where(finished, t1, t)
+        with torch.no_grad():
             # The step no longer changes t in float64 (or fell below the user's dt_min).
             underflow = t + signed(dt_next) == t
             if self.dt_min > 0:

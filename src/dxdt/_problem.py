@@ -50,7 +50,10 @@ class ODEProblem:
     def loop(self, *, record: bool | None = None, on_step: StepHook | None = None) -> Loop:
         """The loop for this problem; ``record`` defaults to what the save times and dense output need."""
         if record is None:
-            record = self.ts is not None or self.save.steps or self.save.dense or self.step_past_t1
+            # Past t1, the loop itself interpolates back to t1 unless t1 needs a gradient (the recorded steps'
+            # interpolant gives d y(t1) / d t1).
+            record = self.ts is not None or self.save.steps or self.save.dense
+            record = record or (self.step_past_t1 and self.t1.requires_grad)
         return Loop(
             self.solver,
             self.controller,
@@ -88,7 +91,7 @@ class ODEProblem:
             out_ts, ys = (self.ts[0] if self.shared_ts else self.ts), dense(self.ts)
         elif self.save.steps:
             out_ts, ys = dense.steps()
-        elif self.step_past_t1:
+        elif self.step_past_t1 and result.records is not None:
             out_ts = t1[:, None]
             ys = dense(out_ts)
         else:
@@ -116,7 +119,7 @@ class ODEProblem:
             **result.solver_stats,
         )
         status, t_final, y_final = result.status, result.t, result.y
-        if self.step_past_t1:  # report the state at t1, not where the last step overshot to
+        if self.step_past_t1 and result.records is not None:  # the state at t1, not where the last step ended
             t_final = torch.where(success, t1.detach(), t_final)
             at_t1 = ys[:, 0] if self.ts is None and not self.save.steps else dense(t1.detach()[:, None])[:, 0]
             y_final = torch.where(per_sample(success, y_final), at_t1, y_final)

@@ -345,7 +345,8 @@ def _solve_adaptive(
         t[0] if gradient is not None else t[0].detach(),
         t[-1].detach(),
         solver=ADAPTIVE_METHODS[method],
-        saveat=t[1:],  # keeps t's graph: gradients reach the save times
+        # t[1:] keeps t's graph (gradients reach the save times); just [t0, t1] without one needs no trajectory.
+        saveat=t[1:] if len(t) > 2 or t.requires_grad else None,
         rtol=rtol,
         atol=atol,
         dt0=opts.get("first_step"),
