@@ -43,8 +43,9 @@ class Combinations:
     """Fixed rows of weights applied to stage vectors: ``out[r] = Σ_j W[r, j] v_j``.
 
     One ``stack`` and one matmul evaluate every row (and replace ``rows × terms`` elementwise kernels, which
-    dominate a small system's step); a single row on a large state, or a dtype whose matmul may round
-    differently (see :func:`matmul_is_exact`), uses :func:`combine` per row. Only the columns with a non-zero
+    dominate a small system's eager step); a single row on a large state, a dtype whose matmul may round
+    differently (see :func:`matmul_is_exact`), or a compiled graph (where inductor fuses the sums into the
+    kernels around them) uses :func:`combine` per row. Only the columns with a non-zero
     weight are stacked.
     """
 
