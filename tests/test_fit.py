@@ -262,6 +262,19 @@ def test_screening_and_multistart_reach_the_optimum_from_a_poor_start(flu, scipy
     assert r.params["beta"].value == pytest.approx(scipy_reference["beta"], rel=1e-4)
 
 
+@pytest.mark.parametrize("start", [(0.3, 1.0), (3.0, 0.05), (5.0, 2.0)])
+def test_automatic_screening_reaches_the_optimum_in_a_few_solves(flu, scipy_reference, start):
+    """screen="auto" (the command line's default): 16 candidates per free unknown, at least 32, here 32. From
+    poor starts (no epidemic; a very fast one) Levenberg–Marquardt then needs a handful of solves (16
+    candidates took 24 from (3, 0.05))."""
+    days, obs = flu
+    r = fit(SIR(beta=start[0], gamma=start[1]), days, obs, observe="I", population=N_FLU, screen="auto")
+    assert r.converged, r.message
+    assert r.problem.n_solves <= 7
+    assert r.params["beta"].value == pytest.approx(scipy_reference["beta"], rel=1e-4)
+    assert r.params["gamma"].value == pytest.approx(scipy_reference["gamma"], rel=1e-4)
+
+
 @pytest.mark.parametrize("start", [(0.5, 0.2), (0.3, 0.1), (0.2, 0.05), (3.0, 1.0)])
 def test_levenberg_marquardt_reaches_the_optimum_from_far_without_screening(flu, scipy_reference, start):
     """The trust region keeps Gauss–Newton steps from far starts in range: every start reaches the optimum in a
@@ -478,6 +491,7 @@ def test_universal_sir_fits_as_well_as_the_true_model():
         (dict(t0=5.0), "before t0"),
         (dict(optimizer="sgd"), "optimizer must be"),
         (dict(n_starts=0), "n_starts must be a positive int"),
+        (dict(screen="many"), "screen must be a non-negative int or 'auto'; got 'many'"),
         (dict(params={"beta": -1.0}), "starting value of beta"),
         (dict(estimate_initial=["S"]), "remainder of the population"),
         (dict(data=[math.nan, math.nan, math.nan]), "no observations"),

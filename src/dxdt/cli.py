@@ -370,7 +370,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             noise=noise,
             optimizer=args.optimizer,
             n_starts=args.starts,
-            screen=args.screen,
+            screen="auto" if args.screen is None else args.screen,
             seed=args.seed,
             shooting=args.shooting,
             solver=args.solver,
@@ -630,8 +630,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument(
         "--screen",
         type=int,
-        default=64,
-        help="quasi-random candidates screened in one batched solve to pick the start (default 64)",
+        default=None,
+        help="quasi-random candidates screened in one batched solve to pick the start "
+        "(default: 16 per estimated unknown, at least 32)",
     )
     f.add_argument("--shooting", type=int, default=1, metavar="K", help="multiple shooting with K segments")
     f.add_argument("--seed", type=int, default=0)
