@@ -6,7 +6,8 @@ by every contender, all in one process with one thread, interleaved repeats:
 
 * ``dxdt.fit.fit`` (Levenberg–Marquardt with complex-step forward sensitivities and tolerance continuation;
   standard errors and Wald intervals included), with and without its batched screening of starts (``"auto"``: the
-  command line's default), and with profile-likelihood intervals on top;
+  command line's default), and with profile-likelihood intervals on top (which the ``dxdt fit`` command adds by
+  default: ``--no-profile`` skips them);
 * scipy ``least_squares`` (trust region, 2-point finite-difference Jacobian) on ``solve_ivp`` (RK45), at the
   same tolerances as dxdt, and at solve_ivp's defaults (rtol = 1e-3);
 * torchdiffeq ``odeint`` (dopri5) with ``torch.optim.LBFGS`` (strong Wolfe) on log-parameters, and dxdt's own
@@ -143,10 +144,12 @@ def run_torchdiffeq_lbfgs(days, obs, max_iter: int = 200) -> dict[str, Any]:
 def run(quick: bool = False) -> str:
     days, obs = data()
     contenders = {
-        "dxdt fit (LM, screen auto = 32: the CLI default)": lambda: run_dxdt(days, obs, screen="auto"),
+        "dxdt fit (LM, screen auto = 32; Wald intervals)": lambda: run_dxdt(days, obs, screen="auto"),
         "dxdt fit (LM, screen 64)": lambda: run_dxdt(days, obs, screen=64),
         "dxdt fit (LM, no screening)": lambda: run_dxdt(days, obs),
-        "dxdt fit + profile-likelihood intervals": lambda: run_dxdt_profile(days, obs),
+        "dxdt fit + profile-likelihood intervals (what the dxdt command does by default)": lambda: run_dxdt_profile(
+            days, obs
+        ),
         BASELINE: lambda: run_scipy(days, obs, RTOL, ATOL),
         "scipy least_squares + solve_ivp (defaults, rtol 1e-3)": lambda: run_scipy(days, obs, None, None),
         "torchdiffeq dopri5 + torch L-BFGS": lambda: run_torchdiffeq_lbfgs(days, obs),
@@ -175,9 +178,9 @@ def run(quick: bool = False) -> str:
                 "yes" if o["converged"] else "no",
             ]
         )
-    r = last["dxdt fit (LM, screen auto = 32: the CLI default)"]["result"]
+    r = last["dxdt fit (LM, screen auto = 32; Wald intervals)"]["result"]
     ci = r.params
-    prof = last["dxdt fit + profile-likelihood intervals"]["result"].profile_ci
+    prof = last["dxdt fit + profile-likelihood intervals (what the dxdt command does by default)"]["result"].profile_ci
     lines = [
         "## SIR fit to the boarding-school influenza data (1978)",
         "",
