@@ -147,7 +147,7 @@ class AutoSwitch(AbstractSolver):
         modes = AutoSwitchModes(
             stiff=zeros.bool(),
             streak=zeros,
-            n_switches=zeros,
+            n_switches=zeros.clone(),  # not an alias of streak: an aliased input would be its own compiled graph
             inner=self.stiff.init_state(term, t0, y0, f0),
             stiff_extra_evals=torch.full_like(zeros, self.stiff.evals_per_step - self.nonstiff.evals_per_step),
         )
