@@ -160,9 +160,9 @@ class AutoSwitch(AbstractSolver):
         # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
         # starts on iteration 0), and on every iteration while they have a streak going.
         if iteration is None:  # inside a compiled iteration: the host says what the clock decides
-            on_clock, following = state.on_clock, None
+            on_clock, window, following = state.on_clock, state.window, None
         else:
-            on_clock, following = iteration % self.check_every == 0, iteration + 1
+            (on_clock, window), following = self._clock(iteration), iteration + 1
         test = explicit is not None and (on_clock or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
@@ -187,7 +187,6 @@ class AutoSwitch(AbstractSolver):
             implicit = self._stiff_step(term, t, dt, y, f0, inner, rtol, atol)
         # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
         # iterations, and every test of a sample with a streak.
-        window = state.window if iteration is None else self._clock(iteration)[1]
         power = test and (any_streak or window)
         power_evals = None
         with torch.no_grad():
