@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 _COMPILED: dict[Callable, Callable] = {}
@@ -19,3 +20,13 @@ def compiled(fn: Callable) -> Callable:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         _COMPILED[fn] = torch.compile(fn, dynamic=False)
     return _COMPILED[fn]
+
+
+def tracing_autograd(on: bool) -> contextlib.AbstractContextManager:
+    """While ``on``: let dynamo trace ``torch.autograd.grad`` (the adjoints' backward fields call it for their
+    vector-Jacobian products) instead of breaking the graph there."""
+    if not on:
+        return contextlib.nullcontext()
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(trace_autograd_ops=True)

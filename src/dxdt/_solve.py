@@ -16,9 +16,6 @@ from ._term import Term
 from .adjoints import AbstractGradient, get_gradient
 from .controllers import AbstractController, ConstantStepController, IController, PIController
 from .solvers import AbstractSolver, get_solver
-from .solvers.auto_switch import AutoSwitch
-from .solvers.explicit_rk import ExplicitRungeKutta
-from .solvers.rosenbrock import Rosenbrock
 
 DEFAULT_MAX_STEPS = 10_000
 
@@ -81,7 +78,8 @@ def solve(
             test schedule and switching summary) stays in Python.
             Explicit Runge–Kutta and Rosenbrock methods (the Jacobian is then evaluated inside the graph on
             every attempt, by forward mode for ``jac="autodiff"``) and ``"auto"``; not ESDIRK, which decides
-            Newton convergence on the host.
+            Newton convergence on the host. With ``gradient="backsolve"`` or ``"interpolate"`` and an explicit
+            method, the backward solve's iterations compile too (their vector-Jacobian products included).
         gradient: how gradients flow back through the solve: ``"autodiff"`` (default: backpropagation
             through the loop, the exact gradient of the computed solution), ``"checkpoint"`` (the same
             gradient with memory logarithmic in the number of steps), ``"backsolve"`` (continuous adjoint:
@@ -230,7 +228,7 @@ def _check_times(t0: Any, t1: Any, batch: int, joint: bool, device: torch.device
 
 def _check_compilable(solver: AbstractSolver) -> None:
     """compile=True needs a loop iteration that torch.compile can trace as a whole."""
-    if isinstance(solver, (ExplicitRungeKutta, Rosenbrock, AutoSwitch)):
+    if solver.compilable:
         return
     raise ValueError(
         f"compile=True compiles explicit Runge-Kutta, Rosenbrock and automatic-switching steps; {solver!r} decides "

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from .._compiled import tracing_autograd
 from .._loop import Loop, integrate
 from .._problem import ODEProblem, from_loop_layout, to_loop_layout
 from .._solution import Solution, Status, describe_status
@@ -191,6 +192,10 @@ class _Sweep:
         if params and not problem.joint:
             quadrature = _Quadrature(self, solver, params)
         rtol, atol = self._tolerances(z0, len_g=g0.shape[1] if g0 is not None else 0)
+        # Compiled like the forward solve when the method is explicit: dynamo then traces the fields' calls of
+        # autograd.grad. A stiff method's Jacobian of such a field (forward mode over reverse) it cannot trace,
+        # nor a backward pass that builds a graph for double backward.
+        compile = problem.compile and solver.compilable and not solver.uses_jacobian and not torch.is_grad_enabled()
         loop = Loop(
             solver,
             problem.controller,
@@ -205,9 +210,11 @@ class _Sweep:
             max_steps=adjoint.max_steps or problem.max_steps,
             stops=adjoint.stops(self, t_start, t_end),
             record=False,
+            compile=compile,
             on_step=quadrature,
         )
-        result = integrate(loop, z0)
+        with tracing_autograd(compile):
+            result = integrate(loop, z0)
         if not bool((result.status == Status.SUCCESS).all()):
             raise RuntimeError(
                 f"the {adjoint.name!r} adjoint's backward solve failed ({describe_status(result.status)}) on "

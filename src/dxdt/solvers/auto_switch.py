@@ -82,6 +82,7 @@ class AutoSwitch(AbstractSolver):
     """
 
     adaptive = True
+    uses_jacobian = True
 
     def __init__(self, switch_after: int = 10, jac="autodiff", check_every: int = 20):
         for name, value in (("switch_after", switch_after), ("check_every", check_every)):

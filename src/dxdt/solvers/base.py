@@ -51,6 +51,11 @@ class AbstractSolver(abc.ABC):
     dense_order: int
     #: f evaluations one attempted step costs (beyond ``StepResult.extra_evals``)
     evals_per_step: int
+    #: whether a step is pure tensor code that ``torch.compile`` traces whole (``compile=True``); a method that
+    #: decides Newton convergence on the host within a step is not
+    compilable: bool = True
+    #: whether steps evaluate f's Jacobian (implicit and Rosenbrock methods)
+    uses_jacobian: bool = False
 
     def init_state(self, term: Term, t0: torch.Tensor, y0: torch.Tensor, f0: torch.Tensor) -> Any:
         """Per-solve state (Jacobians, factorizations, counters); ``None`` for stateless methods."""

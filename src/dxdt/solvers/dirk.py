@@ -55,6 +55,8 @@ class DIRK(AbstractSolver):
 
     tableau: DIRKTableau
     adaptive = True
+    compilable = False  # Newton convergence is decided on the host within a step
+    uses_jacobian = True
 
     def __init__(self, jac: JacobianSpec = "autodiff", max_newton_iters: int = 7, tableau: DIRKTableau | None = None):
         if tableau is not None:

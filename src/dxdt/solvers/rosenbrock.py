@@ -38,6 +38,7 @@ class Rosenbrock(AbstractSolver):
 
     tableau: RosenbrockTableau
     adaptive = True
+    uses_jacobian = True
 
     def __init__(self, jac: JacobianSpec = "autodiff", tableau: RosenbrockTableau | None = None):
         if tableau is not None:
