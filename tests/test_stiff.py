@@ -362,9 +362,9 @@ def test_auto_nonstiff_is_tsit5():
     assert auto.stats.n_switches.tolist() == [0, 0]
     assert auto.stats.n_jac_evals.tolist() == [0, 0]
     assert torch.equal(auto.stats.n_steps, tsit5.stats.n_steps)
-    # Plus one evaluation per power step: stiffness tests run on the first step and every 20th after it (none
-    # was positive), and every 5th test includes the power step (iterations 0, 100, 200, ...).
-    tests = (tsit5.stats.n_steps + 99) // 100
+    # Plus one evaluation per test, its power step: stiffness tests run on the first step and every 20th after
+    # it (iterations 0, 20, 40, ...; none was positive).
+    tests = (tsit5.stats.n_steps + 19) // 20
     assert torch.equal(auto.stats.n_f_evals, tsit5.stats.n_f_evals + tests)
     assert torch.equal(auto.ys, tsit5.ys)
 
@@ -380,14 +380,14 @@ def _aten_ops(fn) -> int:
 
 def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
     """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
-    synchronisation then: the automatic solver runs under 2 % more tensor operations than Tsit5 alone (0.9 %
-    measured; 1.7 % testing every 10th step, 16 % every step, which takes 1.19x Tsit5's time)."""
+    synchronisation then: the automatic solver runs under 2.5 % more tensor operations than Tsit5 alone (1.8 %
+    measured, each test with its power step; 16 % testing every step, which takes 1.19x Tsit5's time)."""
     y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
     counts = {
         s: _aten_ops(lambda s=s: dxdt.solve(lotka_volterra, y0, 0.0, 5.0, solver=s, rtol=1e-8, atol=1e-8))
         for s in ("tsit5", "auto")
     }
-    assert counts["auto"] <= 1.02 * counts["tsit5"], counts
+    assert counts["auto"] <= 1.025 * counts["tsit5"], counts
 
 
 @pytest.mark.parametrize("check_every", [1, 20])

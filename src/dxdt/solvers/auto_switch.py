@@ -5,10 +5,9 @@ Tsit5 step, both evaluated at ``t + dt`` (Hairer & Wanner, *Solving ODEs II*, IV
 DOPRI5): ``ρ ≈ ‖f(Y₇) − f(Y₆)‖ / ‖Y₇ − Y₆‖`` approximates the dominant eigenvalue along the step, and
 ``dt·ρ`` near the method's stability boundary (3.5 for Tsit5) means the step size is limited by stability
 rather than accuracy. As in DOPRI5, the test runs every ``check_every`` steps, and every step once a test
-was positive, on a clock of loop iterations (a sample sees the same iterations whatever its batch); the
-tests of every ``POWER_EVERY``-th window of the clock, and every test during a streak, add one
-power-iteration step (one f evaluation), because Hairer's ratio alone can miss most of the dominant
-eigenvalue when the step is also accuracy-limited. When the evidence persists for ``switch_after``
+was positive, on a clock of loop iterations (a sample sees the same iterations whatever its batch); every
+test adds one power-iteration step (one f evaluation), because Hairer's ratio alone can miss most of the
+dominant eigenvalue when the step is also accuracy-limited. When the evidence persists for ``switch_after``
 consecutive steps the sample moves to the stiff method (Rodas5P). In stiff mode the Jacobian is at hand,
 and ``dt·‖J‖∞`` (an upper bound of ``dt·ρ``) below the explicit boundary for ``switch_after`` consecutive
 steps moves the sample back.
@@ -21,11 +20,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import math
 from typing import Any, NamedTuple
 
 import torch
 
-from .._norm import rms_norm
 from .._term import Term
 from ._combine import Combinations
 from .base import AbstractSolver, StepResult
@@ -34,8 +33,6 @@ from .stiff_methods import Rodas5P
 
 # Tsit5's stability region reaches about −3.5 on the real axis; a step this close to it is stability-limited.
 STIFF_RATIO = 0.8 * 3.5
-# Every how many stiffness tests of a sample without evidence the power step (one f evaluation) joins it.
-POWER_EVERY = 5
 
 
 class AutoSwitchModes(NamedTuple):
@@ -66,7 +63,6 @@ class AutoSwitchState(NamedTuple):
     iteration: int | None
     modes: AutoSwitchModes
     on_clock: bool = False  # a test iteration
-    window: bool = False  # a test iteration with a power step
 
 
 class AutoSwitch(AbstractSolver):
@@ -74,8 +70,8 @@ class AutoSwitch(AbstractSolver):
 
     Args:
         switch_after: consecutive steps of evidence before a sample switches (either way).
-        check_every: steps between stiffness tests of an explicit sample while it shows no evidence (a test
-            costs about a tenth of a Tsit5 step, half of one in a compiled loop; once positive it runs every
+        check_every: steps between stiffness tests of an explicit sample while it shows no evidence (a test,
+            with its power step, costs about half a Tsit5 step, eager or compiled; once positive it runs every
             step). Hairer's DOPRI5 tests every 1000 steps by default; 20 delays a switch by a few percent of the
             steps on Van der Pol μ = 1000 and keeps the cost on non-stiff problems to a few percent.
         jac: the stiff method's Jacobian: ``"autodiff"``, ``"fd"`` or a callable (see :class:`Rodas5P`).
@@ -116,10 +112,9 @@ class AutoSwitch(AbstractSolver):
         clone._stiff_step = functools.partial(compiled(type(self.stiff).step), self.stiff)
         return clone, False
 
-    def _clock(self, iteration: int) -> tuple[bool, bool]:
-        """Whether this iteration tests every explicit sample, and whether the test adds a power step."""
-        on_clock = iteration % self.check_every == 0
-        return on_clock, on_clock and (iteration // self.check_every) % POWER_EVERY == 0
+    def _on_clock(self, iteration: int) -> bool:
+        """Whether this iteration tests every explicit sample."""
+        return iteration % self.check_every == 0
 
     def enter_graph(self, state: AutoSwitchState) -> tuple[AbstractSolver, AutoSwitchState | None]:
         m = state.modes
@@ -127,8 +122,7 @@ class AutoSwitch(AbstractSolver):
             # An untested non-stiff iteration reads none of the modes: it is Tsit5's own compiled iteration (the
             # same graph and guards as a plain Tsit5 solve).
             return self.nonstiff, None
-        on_clock, window = self._clock(state.iteration)
-        return self, AutoSwitchState(None, m, on_clock, window)
+        return self, AutoSwitchState(None, m, self._on_clock(state.iteration))
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
@@ -161,9 +155,9 @@ class AutoSwitch(AbstractSolver):
         # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
         # starts on iteration 0), and on every iteration while they have a streak going.
         if iteration is None:  # inside a compiled iteration: the host says what the clock decides
-            on_clock, window, following = state.on_clock, state.window, None
+            on_clock, following = state.on_clock, None
         else:
-            (on_clock, window), following = self._clock(iteration), iteration + 1
+            on_clock, following = self._on_clock(iteration), iteration + 1
         test = explicit is not None and (on_clock or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
@@ -186,9 +180,6 @@ class AutoSwitch(AbstractSolver):
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
             inner = m.inner._replace(current=m.inner.current & stiff)
             implicit = self._stiff_step(term, t, dt, y, f0, inner, rtol, atol)
-        # The power step (one more f evaluation) joins the tests of every POWER_EVERY-th window of check_every
-        # iterations, and every test of a sample with a streak.
-        power = test and (any_streak or window)
         power_evals = None
         with torch.no_grad():
             if test:
@@ -196,12 +187,10 @@ class AutoSwitch(AbstractSolver):
                 pair = self._stiffness_weights(explicit.ks)  # k₇ − k₆ and (Y₇ − Y₆)/dt
                 norms = torch.linalg.vector_norm(pair.flatten(2), dim=2)
                 to_stiff = norms[0] > STIFF_RATIO * norms[1]
-            if power:
-                with_streak = streak > 0 if due is None else due & (streak > 0)
-                power_due = due if window else with_streak
-                power_stiff = self._power_step(term, t, dt, explicit, pair[0])
-                to_stiff = to_stiff | power_stiff if power_due is None else to_stiff | (power_due & power_stiff)
-                power_evals = (~stiff if power_due is None else power_due).to(torch.int64)
+                # Every test adds the power step (one more f evaluation).
+                power_stiff = self._power_step(term, t, dt, explicit, pair[0], norms[0])
+                to_stiff = to_stiff | power_stiff if due is None else to_stiff | (due & power_stiff)
+                power_evals = (~stiff if due is None else due).to(torch.int64)
             if implicit is not None:
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
@@ -230,18 +219,20 @@ class AutoSwitch(AbstractSolver):
             extra_evals=torch.where(stiff, m.stiff_extra_evals, 0 if power_evals is None else power_evals),
         )
 
-    def _power_step(self, term, t, dt, explicit, v) -> torch.Tensor:
+    def _power_step(self, term, t, dt, explicit, v, v_norm) -> torch.Tensor:
         """One power iteration from Hairer's direction: ``dt·‖J v‖/‖v‖`` with ``v = k₇ − k₆ ≈ J (Y₇ − Y₆)``, by a
-        forward difference at ``(t + dt, y₁)``. Hairer's ratio can miss most of the dominant eigenvalue when
-        the step is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45); one more application of J
-        amplifies its direction by the stiffness ratio itself."""
+        forward difference at ``(t + dt, y₁)`` (``v_norm``: ``‖v‖``, per sample). Hairer's ratio can miss most of
+        the dominant eigenvalue when the step is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45);
+        one more application of J amplifies its direction by the stiffness ratio itself."""
         y1, f1 = explicit.y1, explicit.f1
-        scale = rms_norm(v).clamp_min(1e-300)
-        eps = (torch.finfo(y1.dtype).eps ** 0.5) * (1 + rms_norm(y1))
-        shape = (-1,) + (1,) * (y1.ndim - 1)
-        step = (eps / scale).reshape(shape).to(y1.dtype)
+        v_norm = v_norm.clamp_min(1e-300)
+        # The difference moves y₁ by √eps (1 + its RMS size): ‖step · v‖ = that.
+        root_eps = torch.finfo(y1.dtype).eps ** 0.5
+        y_norm = torch.linalg.vector_norm(y1.flatten(1), dim=1)
+        step = (y_norm * (root_eps / math.prod(y1.shape[1:]) ** 0.5) + root_eps) / v_norm
+        step = step.reshape((-1,) + (1,) * (y1.ndim - 1)).to(y1.dtype)
         jv = (term(t + dt, y1 + step * v) - f1) / step
-        return dt.abs() * rms_norm(jv) > STIFF_RATIO * scale
+        return dt.abs() * torch.linalg.vector_norm(jv.flatten(1), dim=1) > STIFF_RATIO * v_norm
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         iteration, m = new.iteration, new.modes
