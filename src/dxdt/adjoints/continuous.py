@@ -193,9 +193,8 @@ class _Sweep:
             quadrature = _Quadrature(self, solver, params)
         rtol, atol = self._tolerances(z0, len_g=g0.shape[1] if g0 is not None else 0)
         # Compiled like the forward solve when the method is explicit: dynamo then traces the fields' calls of
-        # autograd.grad. A stiff method's Jacobian of such a field (forward mode over reverse) it cannot trace,
-        # nor a backward pass that builds a graph for double backward.
-        compile = problem.compile and solver.compilable and not solver.uses_jacobian and not torch.is_grad_enabled()
+        # autograd.grad. A stiff method's Jacobian of such a field (forward mode over reverse) it cannot trace.
+        compile = problem.compile and solver.compilable and not solver.uses_jacobian
         loop = Loop(
             solver,
             problem.controller,
