@@ -224,6 +224,17 @@ def test_args_given_to_f_of_t_y():
     assert f.calls == 0
 
 
+def test_args_given_to_a_module_whose_forward_takes_t_y():
+    """An nn.Module's own signature is (*args, **kwargs): its forward's is what counts."""
+
+    class Decay(torch.nn.Module):
+        def forward(self, t, y):
+            return -y
+
+    with pytest.raises(TypeError, match=r"args was given but f takes only \(t, y\): give f a third parameter"):
+        call(Decay(), args=torch.ones(2))
+
+
 def test_f_with_wrong_arity():
     with pytest.raises(TypeError, match=r"f must take \(t, y\) or \(t, y, args\); got a callable with signature"):
         dxdt.solve(lambda y: -y, y0_ok(), 0.0, 1.0)

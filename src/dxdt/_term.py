@@ -16,6 +16,8 @@ _SIGNATURES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def _accepts_args(f: Callable) -> bool | None:
     """True if ``f`` takes (t, y, args), False if (t, y), None if it cannot be told (``*args``)."""
+    if isinstance(f, torch.nn.Module):  # its own signature is Module.__call__'s (*args, **kwargs)
+        f = f.forward
     fn = f.__func__ if inspect.ismethod(f) else f
     if not inspect.isfunction(fn):
         return _inspect_args(f)
