@@ -75,6 +75,40 @@ def _start_aux(problem: Problem, ev: Evaluation, aux0: torch.Tensor | None) -> t
     return aux
 
 
+def _free_system(g: torch.Tensor, h: torch.Tensor, free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradient ``(B, P)`` and Fisher information ``(B, P, P)`` restricted to each row's free unknowns (a held
+    one gets no gradient and unit curvature, so that it never moves)."""
+    both = free.unsqueeze(2) & free.unsqueeze(1)
+    return torch.where(free, g, 0.0), torch.where(both, h, 0.0) + torch.diag_embed((~free).to(h.dtype))
+
+
+def _gauss_newton(g: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gauss–Newton decrement ``½ gᵀ H⁺ g`` (the decrease a full step would bring if the model were exact)
+    and that step ``−H⁺ g``, per row. The pseudo-inverse drops directions without curvature
+    (over-parameterised models, e.g. neural terms)."""
+    vals, vecs = torch.linalg.eigh(0.5 * (h + h.transpose(1, 2)))
+    keep = vals > 1e-10 * vals.amax(1, keepdim=True).clamp_min(1e-300)
+    proj = torch.einsum("bpq,bp->bq", vecs, g)
+    inverse = torch.where(keep, 1.0 / vals.clamp_min(1e-300), 0.0)
+    return 0.5 * (proj * proj * inverse).sum(1), -torch.einsum("bpq,bq->bp", vecs, proj * inverse)
+
+
+def gauss_newton_points(
+    problem: Problem, u: torch.Tensor, free: torch.Tensor, aux0: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One batched solve at the rows of ``u``: each row's objective minus its Gauss–Newton decrement over its
+    ``free`` unknowns (the minimum of the local model, where those unknowns are re-optimised with the others
+    held), and the full Gauss–Newton step ``(B, P)`` that reaches it. Rows whose solve failed get ``inf``. The
+    noise model's nuisance parameter is re-fitted at each row first."""
+    ev, jac = problem.evaluate_jac(u)
+    aux = _start_aux(problem, ev, aux0)
+    f = problem.objective(ev, aux).detach()
+    g, h = problem.gradient_and_fisher(Evaluation(ev.mu, ev.pen, ev.ok, ev.mu), jac, aux, None)
+    decrement, step = _gauss_newton(*_free_system(g, h, free))
+    minimum = torch.where(ev.ok & torch.isfinite(decrement), f - decrement, math.inf)
+    return minimum, torch.where(ev.ok.unsqueeze(1), step, 0.0)
+
+
 def _take(aux: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
     return None if aux is None else aux[rows]
 
@@ -156,18 +190,10 @@ def levenberg_marquardt(
         g, h = problem.gradient_and_fisher(
             Evaluation(mu[rows], pen[rows], ok[rows], mu[rows]), jac[rows], _take(aux, rows), _data_rows(problem, rows)
         )
-        fr = free[rows]
-        both = fr.unsqueeze(2) & fr.unsqueeze(1)
-        g = torch.where(fr, g, 0.0)
-        h = torch.where(both, h, 0.0) + torch.diag_embed((~fr).to(h.dtype))
+        g, h = _free_system(g, h, free[rows])
         d = torch.diagonal(h, dim1=1, dim2=2)
         d = torch.maximum(d, 1e-12 * d.amax(1, keepdim=True)).clamp_min(1e-300)
-        # Gauss–Newton decrement ½ gᵀ H⁺ g: the decrease a full step would bring if the model were exact. The
-        # pseudo-inverse drops directions without curvature (over-parameterised models, e.g. neural terms).
-        vals, vecs = torch.linalg.eigh(0.5 * (h + h.transpose(1, 2)))
-        keep = vals > 1e-10 * vals.amax(1, keepdim=True).clamp_min(1e-300)
-        proj = torch.einsum("bpq,bp->bq", vecs, g)
-        decrement = 0.5 * torch.where(keep, proj * proj / vals.clamp_min(1e-300), 0.0).sum(1)
+        decrement, _ = _gauss_newton(g, h)
         relative = decrement / f[rows].abs().clamp_min(1e-300)
         # The loosest level that every active row still needs (never looser than the current one).
         # One level at a time: the optimum moves with the tolerance, and one step at each level lands near the

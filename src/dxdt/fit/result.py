@@ -12,7 +12,7 @@ import torch
 from ._problem import Problem, coarse_options
 from ._stats import normal_quantile, t_quantile
 from .observe import Incidence
-from .optimizers import levenberg_marquardt
+from .optimizers import gauss_newton_points
 
 __all__ = ["Estimate", "FitResult", "Forecast"]
 
@@ -188,9 +188,11 @@ class FitResult:
     def profile(self, names: list[str] | None = None, *, tol: float = 0.02, max_rounds: int = 8) -> dict[str, tuple]:
         """Profile-likelihood intervals for free parameters (default: every free model parameter).
 
-        For each parameter and side, the other unknowns are re-optimised with it held at trial values (all
-        branches batched into one solve per iteration); a secant search on the signed root of the likelihood
-        ratio finds where it crosses the threshold: ``F(1, dof)`` (``t²``) when σ is estimated, ``χ²₁`` for
+        For each parameter and side, a secant search on the signed root of the likelihood ratio finds where the
+        profile crosses the threshold. The profile's value at a trial point (the parameter held, the other
+        unknowns re-optimised) is the objective there minus its Gauss–Newton decrement over the other unknowns,
+        and the next point starts from that Gauss–Newton step: one batched solve per round for every branch
+        (the optimum's objective at the same loose solve options rides along in the first). The threshold: ``F(1, dof)`` (``t²``) when σ is estimated, ``χ²₁`` for
         count noise. An endpoint the likelihood never reaches is reported as the parameter's bound (``0`` or
         ``inf`` for positive parameters). Needs a model with per-sample parameters (a mechanistic model).
 
@@ -224,19 +226,22 @@ class FitResult:
 
     def _profile(self, names, q, threshold, scale, tol, max_rounds, start):
         problem = self.problem
-        with torch.no_grad():
-            ev = problem.evaluate(self.u)
-            f_hat = float(problem.objective(ev, self.aux)[0])
         cov, u_hat = self.cov, self.u[0]
+        n_unknowns = len(self.names)
         cols = [self.names.index(n) for n in names]
         branches = [(j, side) for j in cols for side in (-1.0, 1.0)]
         nb = len(branches)
         se = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
-        h = torch.tensor([q * float(se[j]) for j, _ in branches], dtype=torch.float64)
+        h = [q * float(se[j]) for j, _ in branches]
+        # The other unknowns at each trial point: first the linear prediction along the profile from the
+        # covariance; then the last point's Gauss–Newton update, moved along the same prediction to the next h.
+        slopes = [cov[:, j] / cov[j, j] * side for j, side in branches]
+        others = [u_hat + slope * hb for slope, hb in zip(slopes, h)]
         pts: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in branches]
         done = [False] * nb
         result_h = [math.inf] * nb
-        warm = None
+        target = math.sqrt(threshold)
+        f_hat = None
         for _ in range(max_rounds):
             todo = [b for b in range(nb) if not done[b]]
             if not todo:
@@ -244,36 +249,31 @@ class FitResult:
             rows, free = [], []
             for b in todo:
                 j, side = branches[b]
-                shift = side * float(h[b])
-                # Start from the linear prediction of the other unknowns along the profile (or the last point).
-                base = u_hat + cov[:, j] / cov[j, j] * shift if warm is None or warm[b] is None else warm[b]
-                row = base.clone()
-                row[j] = u_hat[j] + shift
+                row = others[b].clone()
+                row[j] = u_hat[j] + side * h[b]
                 rows.append(row)
-                mask = torch.ones(len(self.names), dtype=torch.bool)
+                mask = torch.ones(n_unknowns, dtype=torch.bool)
                 mask[j] = False
                 free.append(mask)
-            opt = levenberg_marquardt(
-                problem,
-                torch.stack(rows),
-                aux0=_rows(self.aux, len(todo)),
-                free=torch.stack(free),
-                max_iter=40,
-                ftol=1e-5,
-            )
-            warm = warm or [None] * nb
+            if f_hat is None:  # the optimum's objective at the searches' solve options, in the same batch
+                rows.append(u_hat.clone())
+                free.append(torch.zeros(n_unknowns, dtype=torch.bool))
+            # Each point's profile value: its objective minus the Gauss–Newton decrement over the other unknowns
+            # (one solve per round for every branch, instead of re-optimising them to convergence).
+            minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), self.aux)
+            if f_hat is None:
+                f_hat = float(minimum[-1])
             for i, b in enumerate(todo):
-                f_p = float(opt.objective[i])
+                f_p = float(minimum[i])
                 if not math.isfinite(f_p):  # the solve failed out there: come back halfway
                     h[b] = 0.5 * h[b]
+                    others[b] = u_hat + slopes[b] * h[b]
                     continue
-                warm[b] = opt.u[i].clone()
                 stat = max(2.0 * (f_p - f_hat) / scale, 0.0)
                 r = math.sqrt(stat)
-                pts[b].append((float(h[b]), r))
-                target = math.sqrt(threshold)
+                pts[b].append((h[b], r))
                 if abs(stat - threshold) <= tol * threshold:
-                    done[b], result_h[b] = True, float(h[b])
+                    done[b], result_h[b] = True, h[b]
                     continue
                 (h1, r1), (h2, r2) = pts[b][-2], pts[b][-1]
                 new = h2 + (target - r2) * (h2 - h1) / (r2 - r1) if r2 != r1 else 2 * h2
@@ -281,6 +281,7 @@ class FitResult:
                 if new > 60 * float(se[branches[b][0]]) + 50:  # the profile stays flat: no finite endpoint
                     done[b], result_h[b] = True, math.inf
                     continue
+                others[b] = rows[i] + step[i] + slopes[b] * (new - h[b])
                 h[b] = new
         out: dict[str, tuple[float, float]] = {}
         for j, n in zip(cols, names):
