@@ -189,12 +189,13 @@ class FitResult:
         """Profile-likelihood intervals for free parameters (default: every free model parameter).
 
         For each parameter and side, a secant search on the signed root of the likelihood ratio finds where the
-        profile crosses the threshold. The profile's value at a trial point (the parameter held, the other
-        unknowns re-optimised) is the objective there minus its Gauss–Newton decrement over the other unknowns,
-        and the next point starts from that Gauss–Newton step: one batched solve per round for every branch
-        (the optimum's objective at the same loose solve options rides along in the first). The threshold: ``F(1, dof)`` (``t²``) when σ is estimated, ``χ²₁`` for
-        count noise. An endpoint the likelihood never reaches is reported as the parameter's bound (``0`` or
-        ``inf`` for positive parameters). Needs a model with per-sample parameters (a mechanistic model).
+        profile crosses the threshold: ``F(1, dof)`` (``t²``) when σ is estimated, ``χ²₁`` for count noise. The
+        profile's value at a trial point (the parameter held, the other unknowns re-optimised) is the objective
+        there minus its Gauss–Newton decrement over the other unknowns, and the next point starts from that
+        Gauss–Newton step: one batched solve per round for every branch (the optimum's objective at the same
+        loose solve options rides along in the first). An endpoint the likelihood never reaches is reported as
+        the parameter's bound (``0`` or ``inf`` for positive parameters). Needs a model with per-sample
+        parameters (a mechanistic model).
 
         Returns:
             ``{name: (lower, upper)}``, also stored in :attr:`profile_ci`.
@@ -241,6 +242,7 @@ class FitResult:
         done = [False] * nb
         result_h = [math.inf] * nb
         target = math.sqrt(threshold)
+        aux = None if self.aux is None else self.aux.reshape(-1)[:1]  # the fit's dispersion, re-fitted per point
         f_hat = None
         for _ in range(max_rounds):
             todo = [b for b in range(nb) if not done[b]]
@@ -260,7 +262,7 @@ class FitResult:
                 free.append(torch.zeros(n_unknowns, dtype=torch.bool))
             # Each point's profile value: its objective minus the Gauss–Newton decrement over the other unknowns
             # (one solve per round for every branch, instead of re-optimising them to convergence).
-            minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), self.aux)
+            minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), aux)
             if f_hat is None:
                 f_hat = float(minimum[-1])
             for i, b in enumerate(todo):
@@ -509,10 +511,6 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _rows(aux: torch.Tensor | None, n: int) -> torch.Tensor | None:
-    return None if aux is None else aux.reshape(-1)[:1].expand(n).clone()
 
 
 def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
