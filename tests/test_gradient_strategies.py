@@ -413,6 +413,37 @@ def decay(t, y):
     return -y
 
 
+@pytest.mark.parametrize("gradient", ["backsolve", "interpolate", "forward"])
+@pytest.mark.parametrize("loss", ["linear", "quadratic"])
+def test_second_derivatives_are_refused_with_a_clear_error(gradient, loss):
+    """These strategies give first derivatives only: with create_graph=True the gradient is still right, and
+    differentiating it again names the strategy and the ones that can (whether or not the loss's own gradient
+    depends on the parameters)."""
+    k = torch.tensor([[0.7]], dtype=F64, requires_grad=True)
+    sol = dxdt.solve(
+        lambda t, y, k: -k * y * y,
+        torch.ones(1, 1, dtype=F64),
+        0.0,
+        2.0,
+        args=k,
+        gradient=gradient,
+        rtol=1e-9,
+        atol=1e-9,
+    )
+    value = sol.ys.sum() if loss == "linear" else sol.ys.square().sum()
+    (g,) = torch.autograd.grad(value, k, create_graph=True)
+    y1 = 1 / (1 + 2 * k.detach())  # y' = -k y², y(0) = 1
+    dy1 = -2 * y1 * y1
+    torch.testing.assert_close(g, dy1 if loss == "linear" else 2 * y1 * dy1, rtol=1e-6, atol=0)
+    message = (
+        f"gradient={gradient!r} gives first derivatives only: it computes the gradient without an autograd graph. "
+        "For second derivatives (create_graph=True, then another backward pass) use gradient='autodiff' or "
+        "'checkpoint'"
+    )
+    with pytest.raises(RuntimeError, match=f"^{re.escape(message)}$"):
+        torch.autograd.grad(g.sum(), k)
+
+
 def test_unknown_gradient_name():
     message = (
         "gradient must be one of ['autodiff', 'backsolve', 'checkpoint', 'forward', 'interpolate'] or an instance "

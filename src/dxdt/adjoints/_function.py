@@ -10,6 +10,9 @@ from .._term import Term
 
 
 class Runner(Protocol):
+    #: the gradient strategy's name, for messages
+    name: str
+
     def forward(self) -> torch.Tensor:
         """The saved states ``(n, T, *S)`` (loop layout), computed without an autograd graph."""
 
@@ -24,12 +27,38 @@ class DifferentiableSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: Runner, y0, t0, ts, *params):
         ctx.runner = runner
+        ctx.save_for_backward(*(x for x in (y0, t0, ts, *params) if isinstance(x, torch.Tensor)))
         return runner.forward()
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_ys):
-        return (None, *ctx.runner.backward(grad_ys, ctx.needs_input_grad[1:]))
+        second = torch.is_grad_enabled()  # create_graph=True: these gradients may be differentiated again
+        with torch.no_grad():
+            grads = ctx.runner.backward(grad_ys.detach(), ctx.needs_input_grad[1:])
+        if second:
+            # The gradients carry no graph; tie them to what they depend on, so that differentiating them says why
+            # it cannot work instead of failing with torch's "not used in the graph".
+            message = (
+                f"gradient={ctx.runner.name!r} gives first derivatives only: it computes the gradient without an "
+                "autograd graph. For second derivatives (create_graph=True, then another backward pass) use "
+                "gradient='autodiff' or 'checkpoint'"
+            )
+            depends_on = [x for x in (grad_ys, *ctx.saved_tensors) if x.requires_grad]
+            grads = tuple(None if g is None else _FirstDerivativeOnly.apply(message, g, *depends_on) for g in grads)
+        return (None, *grads)
+
+
+class _FirstDerivativeOnly(torch.autograd.Function):
+    """The identity on a gradient, raising ``RuntimeError(message)`` if it is differentiated."""
+
+    @staticmethod
+    def forward(ctx, message: str, grad: torch.Tensor, *depends_on: torch.Tensor) -> torch.Tensor:
+        ctx.message = message
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx, *_):
+        raise RuntimeError(ctx.message)
 
 
 def save_time_gradients(term: Term, ts: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor) -> torch.Tensor:

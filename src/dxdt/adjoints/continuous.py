@@ -124,6 +124,7 @@ class _Sweep:
 
     def __init__(self, adjoint: ContinuousAdjoint, problem: ODEProblem, params: list[torch.Tensor]):
         self.adjoint, self.problem, self.params = adjoint, problem, params
+        self.name = adjoint.name
         self.m = problem.y0[0].numel()
         self.solution: Solution | None = None
         self.dense: DenseSolution | None = None

@@ -115,6 +115,8 @@ class _Substitution:
 
 
 class _Sensitivity:
+    name = ForwardSensitivity.name
+
     def __init__(self, problem: ODEProblem, substitution: _Substitution, wanted: list[torch.Tensor], control: bool):
         self.problem, self.substitution, self.control = problem, substitution, control
         # Differentiate only the wanted tensors; the others are substituted by themselves with zero tangents.
