@@ -27,7 +27,9 @@ class DifferentiableSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, runner: Runner, y0, t0, ts, *params):
         ctx.runner = runner
-        ctx.save_for_backward(*(x for x in (y0, t0, ts, *params) if isinstance(x, torch.Tensor)))
+        # Kept for the message on second derivatives only (not save_for_backward: modifying an input in place
+        # after the solve must not make the first derivative fail a version check).
+        ctx.tracked = [x for x in (y0, t0, ts, *params) if isinstance(x, torch.Tensor) and x.requires_grad]
         return runner.forward()
 
     @staticmethod
@@ -43,7 +45,7 @@ class DifferentiableSolve(torch.autograd.Function):
                 "autograd graph. For second derivatives (create_graph=True, then another backward pass) use "
                 "gradient='autodiff' or 'checkpoint'"
             )
-            depends_on = [x for x in (grad_ys, *ctx.saved_tensors) if x.requires_grad]
+            depends_on = [x for x in (grad_ys, *ctx.tracked) if x.requires_grad]
             grads = tuple(None if g is None else _FirstDerivativeOnly.apply(message, g, *depends_on) for g in grads)
         return (None, *grads)
 
