@@ -117,12 +117,12 @@ class AutoSwitch(AbstractSolver):
         return iteration % self.check_every == 0
 
     def enter_graph(self, state: AutoSwitchState) -> tuple[AbstractSolver, AutoSwitchState | None]:
-        m = state.modes
-        if state.iteration % self.check_every and not (m.any_streak or m.any_stiff):
+        m, on_clock = state.modes, self._on_clock(state.iteration)
+        if not (on_clock or m.any_streak or m.any_stiff):
             # An untested non-stiff iteration reads none of the modes: it is Tsit5's own compiled iteration (the
             # same graph and guards as a plain Tsit5 solve).
             return self.nonstiff, None
-        return self, AutoSwitchState(None, m, self._on_clock(state.iteration))
+        return self, AutoSwitchState(None, m, on_clock)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
