@@ -80,6 +80,8 @@ class IterationOutput(NamedTuple):
     # Compiled, with gradients: whether a running sample's step was unusable (0-d bool). The host then redoes
     # the iteration eagerly with the zero-step fix (Loop.advance): testing it inside the graph would split it.
     redo: torch.Tensor | None = None
+    # Compiled: whether any sample still runs after the iteration (0-d bool), for Loop.running.
+    any_running: torch.Tensor | None = None
 
 
 class Loop:
@@ -141,6 +143,7 @@ class Loop:
         self.code = {s: torch.tensor(int(s), device=device) for s in Status}
         self.code_running = torch.tensor(RUNNING, device=device)
         self.n_init = 1
+        self.known_running: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
     def start(self, y0: torch.Tensor) -> Carry:
         """The carry before the first step: ``f(t0, y0)``, the initial step size, every sample running."""
@@ -177,17 +180,22 @@ class Loop:
         # that have one: two graphs, each with its own compiled copy of iterate, so that neither pays the other's
         # failing guard check first (~3 % of a short neural-ODE training step). Likewise iterations with and
         # without a solver state: "auto"'s untested iterations (Tsit5's, no state) would otherwise try its
-        # tested variants first (+1.3 µs per iteration).
-        kind = (carry.y.requires_grad, carry.f.requires_grad, state is None)
+        # tested variants first (+1.3 µs per iteration); and the loop's own solver, so that those Tsit5 iterations
+        # do not share their cache with a plain Tsit5 solve's in the same process (+1.5 µs per iteration).
+        kind = (carry.y.requires_grad, carry.f.requires_grad, state is None, type(solver))
         new, out = _compiled_iteration(kind)(self, carry if state is before else Carry(*carry[:-1], state), stepper)
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
         state = solver.leave_graph(before, new.state)
+        self.known_running = (new.status, out.any_running)
         return (new if state is new.state else Carry(*new[:-1], state)), out
 
-    @staticmethod
-    def running(carry: Carry) -> bool:
-        """Whether any sample still runs: the one host synchronisation per iteration."""
+    def running(self, carry: Carry) -> bool:
+        """Whether any sample still runs: the one host synchronisation per iteration (read off the compiled
+        iteration that made ``carry``, where there is one: two eager operations fewer)."""
+        status, any_running = self.known_running
+        if status is carry.status:
+            return bool(any_running)
         return bool((carry.status == RUNNING).any())
 
     def iterate(self, carry: Carry, stepper: AbstractSolver | None = None) -> tuple[Carry, IterationOutput]:
@@ -287,9 +295,11 @@ class Loop:
                 torch.where(underflow, code[Status.DT_UNDERFLOW], self.code_running),
             )
             status = torch.where(running, torch.where(finished, code[Status.SUCCESS], failure), status)
-            dt = torch.where(status == RUNNING, dt_next, 0.0)
+            still = status == RUNNING
+            dt = torch.where(still, dt_next, 0.0)
+            any_running = still.any() if torch.compiler.is_compiling() else None
         carry = Carry(t, y, f, dt, status, err_prev, bad_streak, state)
-        return carry, IterationOutput(running, accept, extra, row, redo)
+        return carry, IterationOutput(running, accept, extra, row, redo, any_running)
 
     def finish(self, carry: Carry, tally: Tally) -> LoopResult:
         """Mark samples still running as out of steps and count what every sample did."""
