@@ -214,6 +214,44 @@ def test_compiled_automatic_solver_switches_as_eager_with_gradients():
     eager = dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam2, **kw)
     assert again.stats.n_switches.tolist() == eager.stats.n_switches.tolist()
     torch.testing.assert_close(again.ys, eager.ys, rtol=1e-6, atol=1e-9)
+    # Without gradients the non-stiff stretches between scheduled tests run back to back (advance_tallied).
+    with torch.no_grad():
+        plain = [dxdt.solve(prothero_robinson, y0, 0.0, 8.0, args=lam, compile=c, **kw) for c in (False, True)]
+    assert plain[1].stats.n_switches.tolist() == plain[0].stats.n_switches.tolist() == [2, 0]
+    assert torch.equal(plain[1].stats.n_steps, plain[0].stats.n_steps)
+    torch.testing.assert_close(plain[1].ys, plain[0].ys, rtol=1e-6, atol=1e-9)
+
+
+def test_compiled_plain_iterations_run_back_to_back_as_eager():
+    """Without gradients, compiled Tsit5 iterations, and the automatic solver's between two scheduled stiffness
+    tests, run back to back with no solver bookkeeping in between (Loop.advance_tallied): the same steps, tests
+    (f evaluations) and solution as eager, and max_steps still stops the solve after exactly that many."""
+    y0 = torch.tensor([[1.0, 1.0], [2.0, 0.5]], dtype=F64)
+    p = torch.tensor([[1.5, 1.0, 3.0, 1.0]], dtype=F64).expand(2, 4)
+    for solver in ("tsit5", "auto"):
+        for max_steps in (10_000, 150):
+            eager, compiled = (
+                dxdt.solve(
+                    lotka_volterra,
+                    y0,
+                    0.0,
+                    20.0,
+                    args=p,
+                    solver=solver,
+                    rtol=1e-8,
+                    atol=1e-8,
+                    max_steps=max_steps,
+                    throw=False,
+                    compile=compile,
+                )
+                for compile in (False, True)
+            )
+            for name in ("n_steps", "n_accepted", "n_f_evals"):
+                assert torch.equal(getattr(compiled.stats, name), getattr(eager.stats, name)), (solver, name)
+            assert torch.equal(compiled.status, eager.status)
+            torch.testing.assert_close(compiled.ys, eager.ys, rtol=1e-12, atol=1e-12, equal_nan=True)
+        assert eager.stats.n_steps.tolist() == [150, 150]
+        assert eager.status.tolist() == [dxdt.Status.MAX_STEPS] * 2
 
 
 @pytest.mark.slow

@@ -190,6 +190,29 @@ class Loop:
         self.known_running = (new.status, out.any_running)
         return (new if state is new.state else Carry(*new[:-1], state)), out
 
+    def advance_tallied(self, carry: Carry, tally: Tally, budget: int) -> Carry:
+        """:meth:`advance` with its output added to ``tally``; compiled, and without gradients to track, as many
+        iterations (up to ``budget``) as the solver lets run back to back as a stateless stepper's own
+        (:meth:`~dxdt.solvers.AbstractSolver.plain_iterations`), each with no host work but the test whether any
+        sample still runs."""
+        n = 0
+        if self.whole and not (carry.y.requires_grad or carry.f.requires_grad):
+            stepper, n = self.solver.plain_iterations(carry.state)
+        if n <= 1:
+            carry, out = self.advance(carry)
+            tally.add(out)
+            return carry
+        iteration = _compiled_iteration((False, False, True, type(self.solver)))
+        plain, done = Carry(*carry[:-1], None), 0
+        while done < min(n, budget):
+            plain, out = iteration(self, plain, stepper)
+            tally.add(out)
+            done += 1
+            if not out.any_running:
+                break
+        self.known_running = (plain.status, out.any_running)
+        return Carry(*plain[:-1], self.solver.after_plain_iterations(carry.state, done))
+
     def running(self, carry: Carry) -> bool:
         """Whether any sample still runs: the one host synchronisation per iteration (read off the compiled
         iteration that made ``carry``, where there is one: two eager operations fewer)."""
@@ -351,12 +374,10 @@ def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
     """Integrate every sample of ``y0`` from ``loop.t0`` to ``loop.t1``."""
     carry = loop.start(y0)
     tally = Tally(y0.shape[0], y0.device)
-    # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice.
-    for _ in range(loop.max_steps):
-        if not loop.running(carry):
-            break
-        carry, out = loop.advance(carry)
-        tally.add(out)
+    # Bounded: every running sample attempts one step per iteration, so max_steps iterations suffice (and every
+    # round adds at least one).
+    while tally.n_iterations < loop.max_steps and loop.running(carry):
+        carry = loop.advance_tallied(carry, tally, loop.max_steps - tally.n_iterations)
     return loop.finish(carry, tally)
 
 

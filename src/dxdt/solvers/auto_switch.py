@@ -33,6 +33,12 @@ from .stiff_methods import Rodas5P
 
 # Tsit5's stability region reaches about −3.5 on the real axis; a step this close to it is stability-limited.
 STIFF_RATIO = 0.8 * 3.5
+# A negative test this far inside the boundary (dt·ρ below a sixteenth of STIFF_RATIO) doubles the sample's
+# spacing of tests, up to MAX_SPACING times check_every; any other test resets it to check_every.
+QUIET = STIFF_RATIO / 16
+MAX_SPACING = 4
+# next_test of a sample in stiff mode: never (it is tested by its Jacobian every step).
+NEVER = 2**62
 
 
 class AutoSwitchModes(NamedTuple):
@@ -42,15 +48,18 @@ class AutoSwitchModes(NamedTuple):
     inner: Any  # the stiff method's state
     # f evaluations a stiff step costs beyond an explicit one, per sample (a constant, made once per solve)
     stiff_extra_evals: torch.Tensor
+    next_test: torch.Tensor  # (B,) int64: the iteration of each explicit sample's next scheduled test
+    spacing: torch.Tensor  # (B,) int64: iterations between its scheduled tests
     # Host-side summary, refreshed after every step that could change it (so most non-stiff steps need no
     # host synchronisation): whether any / every sample is stiff and whether any has a streak going.
     any_stiff: bool = False
     all_stiff: bool = False
     any_streak: bool = False
+    next_due: int = 0  # the earliest next_test of a running explicit sample
     tested: bool = False  # whether the last step tested (its streaks may have changed)
     ran_stiff: bool = False  # whether the last step ran the stiff method (for any sample)
-    # Inside a compiled iteration, which cannot synchronise: the summary above as a (3,) bool tensor (or (1,),
-    # "any streak" alone, when no sample could switch), turned into the bools by leave_graph.
+    # Inside a compiled iteration, which cannot synchronise: the summary above as a (4,) int64 tensor, turned
+    # into host values by leave_graph.
     summary: torch.Tensor | None = None
 
 
@@ -59,10 +68,11 @@ class AutoSwitchState(NamedTuple):
     # its batch, so a schedule on this clock keeps a sample's steps independent of the rest of the batch.
     # (Kept apart from the modes so that a plain Tsit5 step only rebuilds this pair.)
     # None inside a compiled iteration (each value would be a guard: a recompile per iteration); the host then
-    # passes what the clock decides for this iteration instead (enter_graph).
+    # passes the clock as a tensor, and whether a scheduled test is due, instead (enter_graph).
     iteration: int | None
     modes: AutoSwitchModes
-    on_clock: bool = False  # a test iteration
+    clock: torch.Tensor | None = None  # 0-d int64: the iteration, inside a compiled iteration
+    clock_due: bool = False  # a sample's scheduled test is due, inside a compiled iteration
 
 
 class AutoSwitch(AbstractSolver):
@@ -86,6 +96,9 @@ class AutoSwitch(AbstractSolver):
                 raise ValueError(f"{name} must be a positive int; got {value!r}")
         self.switch_after = switch_after
         self.check_every = check_every
+        # A sample back in explicit mode may well turn stiff again soon (an oscillator's next slow branch): its
+        # tests start this close and spread out again, doubling up to check_every.
+        self._restart_spacing = max(1, check_every // 4)
         self.nonstiff = Tsit5()
         self.stiff = Rodas5P(jac=jac)
         self.order = min(self.nonstiff.order, self.stiff.order)
@@ -112,30 +125,42 @@ class AutoSwitch(AbstractSolver):
         clone._stiff_step = functools.partial(compiled(type(self.stiff).step), self.stiff)
         return clone, False
 
-    def _on_clock(self, iteration: int) -> bool:
-        """Whether this iteration tests every explicit sample."""
-        return iteration % self.check_every == 0
-
     def enter_graph(self, state: AutoSwitchState) -> tuple[AbstractSolver, AutoSwitchState | None]:
-        m, on_clock = state.modes, self._on_clock(state.iteration)
-        if not (on_clock or m.any_streak or m.any_stiff):
+        m, iteration = state.modes, state.iteration
+        clock_due = iteration >= m.next_due
+        if not (clock_due or m.any_streak or m.any_stiff):
             # An untested non-stiff iteration reads none of the modes: it is Tsit5's own compiled iteration (the
             # same graph and guards as a plain Tsit5 solve).
             return self.nonstiff, None
-        return self, AutoSwitchState(None, m, on_clock)
+        return self, AutoSwitchState(None, m, torch.tensor(iteration), clock_due)
+
+    def plain_iterations(self, state: AutoSwitchState) -> tuple[AbstractSolver, int]:
+        m = state.modes
+        if m.any_streak or m.any_stiff:
+            return self, 0
+        return self.nonstiff, m.next_due - state.iteration  # Tsit5's own, up to the next scheduled test
+
+    def after_plain_iterations(self, state: AutoSwitchState, n: int) -> AutoSwitchState:
+        return AutoSwitchState(state.iteration + n, state.modes)
 
     def leave_graph(self, before: AutoSwitchState, after: AutoSwitchState) -> AutoSwitchState:
         if after is None:  # a plain iteration: nothing changed
             return AutoSwitchState(before.iteration + 1, before.modes)
         m = after.modes
         if m.summary is not None:  # the one synchronisation, after iterations that tested or ran stiff samples
-            values = m.summary.tolist()
-            if len(values) == 1:  # no sample could switch: only "any streak" may have changed
-                m = m._replace(any_streak=values[0], summary=None)
-            else:
-                any_stiff, all_stiff, any_streak = values
-                m = m._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak, summary=None)
+            m = self._summarised(m, m.summary.tolist())
         return AutoSwitchState(before.iteration + 1, m)
+
+    @staticmethod
+    def _summarised(m: AutoSwitchModes, values: list[int]) -> AutoSwitchModes:
+        any_stiff, all_stiff, any_streak, next_due = values
+        return m._replace(
+            any_stiff=bool(any_stiff),
+            all_stiff=bool(all_stiff),
+            any_streak=bool(any_streak),
+            next_due=next_due,
+            summary=None,
+        )
 
     def init_state(self, term: Term, t0, y0, f0) -> AutoSwitchState:
         zeros = torch.zeros(y0.shape[0], dtype=torch.int64, device=y0.device)
@@ -145,6 +170,8 @@ class AutoSwitch(AbstractSolver):
             n_switches=zeros.clone(),  # not an alias of streak: an aliased input would be its own compiled graph
             inner=self.stiff.init_state(term, t0, y0, f0),
             stiff_extra_evals=torch.full_like(zeros, self.stiff.evals_per_step - self.nonstiff.evals_per_step),
+            next_test=zeros.clone(),  # every sample is tested on the first iteration
+            spacing=torch.full_like(zeros, self.check_every),
         )
         return AutoSwitchState(0, modes)
 
@@ -152,13 +179,13 @@ class AutoSwitch(AbstractSolver):
         iteration, m = state.iteration, state.modes
         stiff, any_stiff, any_streak = m.stiff, m.any_stiff, m.any_streak
         explicit = None if m.all_stiff else self._explicit_step(term, t, dt, y, f0)
-        # Explicit samples are tested on the first iteration and every check_every-th after it (every sample
-        # starts on iteration 0), and on every iteration while they have a streak going.
-        if iteration is None:  # inside a compiled iteration: the host says what the clock decides
-            on_clock, following = state.on_clock, None
+        # An explicit sample is tested when its scheduled test is due (the first on iteration 0, every sample's
+        # first) and on every iteration while it has a streak going.
+        if iteration is None:  # inside a compiled iteration: the host passes the clock
+            now, clock_due, following = state.clock, state.clock_due, None
         else:
-            on_clock, following = self._on_clock(iteration), iteration + 1
-        test = explicit is not None and (on_clock or any_streak)
+            now, clock_due, following = iteration, iteration >= m.next_due, iteration + 1
+        test = explicit is not None and (clock_due or any_streak)
         if not (test or any_stiff):  # the common non-stiff step: Tsit5's, nothing else to compute
             # (tested and ran_stiff are already False here: commit clears them)
             return StepResult(
@@ -172,10 +199,7 @@ class AutoSwitch(AbstractSolver):
                 explicit.failed,
                 explicit.extra_evals,
             )
-        streak = m.streak
-        due = None  # the explicit samples tested this step (None: every sample)
-        if test and (any_stiff or not on_clock):
-            due = ~stiff if on_clock else ~stiff & (streak > 0)
+        streak, next_test, spacing = m.streak, m.next_test, m.spacing
         implicit = None
         if any_stiff:  # a sample's Jacobian is only current while it stays in stiff mode
             inner = m.inner._replace(current=m.inner.current & stiff)
@@ -183,23 +207,26 @@ class AutoSwitch(AbstractSolver):
         power_evals = None
         with torch.no_grad():
             if test:
+                scheduled = ~stiff & (next_test <= now)
+                due = scheduled | (~stiff & (streak > 0))  # the explicit samples tested this step
                 # dt·ρ = ‖k₇ − k₆‖ / ‖(Y₇ − Y₆)/dt‖: Hairer's estimate needs no dt.
                 pair = self._stiffness_weights(explicit.ks)  # k₇ − k₆ and (Y₇ − Y₆)/dt
                 norms = torch.linalg.vector_norm(pair.flatten(2), dim=2)
-                to_stiff = norms[0] > STIFF_RATIO * norms[1]
-                # Every test adds the power step (one more f evaluation).
-                power_stiff = self._power_step(term, t, dt, explicit, pair[0], norms[0])
-                to_stiff = to_stiff | power_stiff if due is None else to_stiff | (due & power_stiff)
-                power_evals = (~stiff if due is None else due).to(torch.int64)
-            if implicit is not None:
+                # Every test adds the power step (one more f evaluation): dt·ρ ≈ power / ‖v‖.
+                power, v_norm = self._power_step(term, t, dt, explicit, pair[0], norms[0])
+                to_stiff = due & ((norms[0] > STIFF_RATIO * norms[1]) | (power > STIFF_RATIO * v_norm))
+                power_evals = due.to(torch.int64)
+                streak = torch.where(due, torch.where(to_stiff, streak + 1, 0), streak)
+                # The next scheduled test: twice as far off after one that found dt·ρ far inside the boundary.
+                quiet = power < QUIET * v_norm
+                longer = (2 * spacing).clamp_max(torch.where(quiet, MAX_SPACING * self.check_every, self.check_every))
+                spacing = torch.where(scheduled, torch.where(to_stiff, self.check_every, longer), spacing)
+                next_test = torch.where(due, now + spacing, next_test)
+            if implicit is not None:  # the stiff samples, every step
                 jac_norm = implicit.state.jac.abs().sum(-1).amax(-1)
                 to_nonstiff = dt.abs() * jac_norm < STIFF_RATIO
-            if test:  # the explicit samples due for a test
-                bumped = torch.where(to_stiff, streak + 1, 0)
-                streak = bumped if due is None else torch.where(due, bumped, streak)
-            if implicit is not None:  # the stiff samples, every step
                 streak = torch.where(stiff, torch.where(to_nonstiff, streak + 1, 0), streak)
-        m = m._replace(streak=streak, tested=True)
+        m = m._replace(streak=streak, next_test=next_test, spacing=spacing, tested=True)
         if explicit is None or implicit is None:
             chosen = explicit if implicit is None else implicit
             extra = power_evals if implicit is None else m.stiff_extra_evals
@@ -219,11 +246,12 @@ class AutoSwitch(AbstractSolver):
             extra_evals=torch.where(stiff, m.stiff_extra_evals, 0 if power_evals is None else power_evals),
         )
 
-    def _power_step(self, term, t, dt, explicit, v, v_norm) -> torch.Tensor:
-        """One power iteration from Hairer's direction: ``dt·‖J v‖/‖v‖`` with ``v = k₇ − k₆ ≈ J (Y₇ − Y₆)``, by a
-        forward difference at ``(t + dt, y₁)`` (``v_norm``: ``‖v‖``, per sample). Hairer's ratio can miss most of
-        the dominant eigenvalue when the step is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45);
-        one more application of J amplifies its direction by the stiffness ratio itself."""
+    def _power_step(self, term, t, dt, explicit, v, v_norm) -> tuple[torch.Tensor, torch.Tensor]:
+        """One power iteration from Hairer's direction: ``dt·‖J v‖`` and ``‖v‖`` (clamped away from 0), whose
+        ratio estimates ``dt·ρ``, with ``v = k₇ − k₆ ≈ J (Y₇ − Y₆)``, by a forward difference at ``(t + dt, y₁)``
+        (``v_norm``: ``‖v‖``, per sample). Hairer's ratio can miss most of the dominant eigenvalue when the step
+        is also accuracy-limited (rtol 1e-8 on Robertson: 0.64 for 3.45); one more application of J amplifies its
+        direction by the stiffness ratio itself."""
         y1, f1 = explicit.y1, explicit.f1
         v_norm = v_norm.clamp_min(1e-300)
         # The difference moves y₁ by √eps (1 + its RMS size): ‖step · v‖ = that.
@@ -232,7 +260,7 @@ class AutoSwitch(AbstractSolver):
         step = (y_norm * (root_eps / math.prod(y1.shape[1:]) ** 0.5) + root_eps) / v_norm
         step = step.reshape((-1,) + (1,) * (y1.ndim - 1)).to(y1.dtype)
         jv = (term(t + dt, y1 + step * v) - f1) / step
-        return dt.abs() * torch.linalg.vector_norm(jv.flatten(1), dim=1) > STIFF_RATIO * v_norm
+        return dt.abs() * torch.linalg.vector_norm(jv.flatten(1), dim=1), v_norm
 
     def commit(self, old: AutoSwitchState, new: AutoSwitchState, accept, running) -> AutoSwitchState:
         iteration, m = new.iteration, new.modes
@@ -241,23 +269,27 @@ class AutoSwitch(AbstractSolver):
         o = old.modes
         inner = self.stiff.commit(o.inner, m.inner, accept, running & o.stiff) if m.ran_stiff else o.inner
         streak = torch.where(running, m.streak, o.streak)
-        traced = iteration is None  # in a compiled iteration: no synchronisation, leave_graph reads the summary
-        if not o.any_streak and self.switch_after > 1:
-            # Streaks were all zero, so one step leaves them at most 1: nobody switches, only any_streak can change.
-            any_streak = (streak > 0).any()
-            if traced:
-                return AutoSwitchState(None, o._replace(streak=streak, inner=inner, summary=any_streak.reshape(1)))
-            return AutoSwitchState(iteration, o._replace(streak=streak, inner=inner, any_streak=bool(any_streak)))
-        switch = running & (streak >= self.switch_after)
-        stiff = o.stiff ^ switch
-        streak = torch.where(switch, 0, streak)
-        summary = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()])
-        modes = o._replace(stiff=stiff, streak=streak, n_switches=o.n_switches + switch, inner=inner)
-        if traced:
+        next_test = torch.where(running, m.next_test, o.next_test)
+        spacing = torch.where(running, m.spacing, o.spacing)
+        stiff, n_switches = o.stiff, o.n_switches
+        if o.any_streak or self.switch_after == 1:  # otherwise streaks were all zero and are at most 1 now
+            switch = running & (streak >= self.switch_after)
+            stiff, n_switches = stiff ^ switch, n_switches + switch
+            streak = torch.where(switch, 0, streak)
+            # Back in explicit mode, a sample is next tested after check_every iterations; in stiff mode, never.
+            now = old.clock if old.iteration is None else old.iteration
+            restart = torch.where(o.stiff, now + 1 + self._restart_spacing, NEVER)
+            next_test = torch.where(switch, restart, next_test)
+            spacing = torch.where(switch, self._restart_spacing, spacing)
+        next_due = torch.where(running & ~stiff, next_test, NEVER).amin()
+        summary = torch.stack([stiff.any(), stiff.all(), (streak > 0).any()]).to(torch.int64)
+        summary = torch.cat([summary, next_due.reshape(1)])
+        modes = o._replace(
+            stiff=stiff, streak=streak, n_switches=n_switches, inner=inner, next_test=next_test, spacing=spacing
+        )
+        if iteration is None:  # in a compiled iteration: no synchronisation, leave_graph reads the summary
             return AutoSwitchState(None, modes._replace(summary=summary))
-        any_stiff, all_stiff, any_streak = summary.tolist()
-        modes = modes._replace(any_stiff=any_stiff, all_stiff=all_stiff, any_streak=any_streak)
-        return AutoSwitchState(iteration, modes)
+        return AutoSwitchState(iteration, self._summarised(modes, summary.tolist()))
 
     def statistics(self, state: AutoSwitchState) -> dict[str, torch.Tensor]:
         return {**self.stiff.statistics(state.modes.inner), "n_switches": state.modes.n_switches}
