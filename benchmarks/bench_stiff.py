@@ -454,8 +454,9 @@ def section_nonstiff(quick: bool) -> str:
             f"Median of {len(timings['dxdt tsit5'].times)} interleaved repeats. The automatic solver never switches "
             f"and its solution is {'bitwise identical to' if same else 'different from'} Tsit5's; the difference in "
             "time is its stiffness test (on the first step, then every "
-            f"`check_every` = {dxdt.AutoSwitch().check_every} steps while it finds nothing) and the bookkeeping of "
-            "its state. Compiled rows: `compile=True`, compiled before the timing; "
+            f"`check_every` = {dxdt.AutoSwitch().check_every} steps, up to 4x as far apart while it finds the "
+            "problem far from stiff: one f evaluation each) and the bookkeeping of its state. Compiled rows: "
+            "`compile=True`, compiled before the timing; "
             "each is compared with Tsit5 in the same mode.",
             "",
             markdown_table(headers, rows),
