@@ -140,7 +140,7 @@ class AutoSwitch(AbstractSolver):
             # An untested non-stiff iteration reads none of the modes: it is Tsit5's own compiled iteration (the
             # same graph and guards as a plain Tsit5 solve).
             return self.nonstiff, None
-        return self, AutoSwitchState(None, m, torch.tensor(iteration), clock_due)
+        return self, AutoSwitchState(None, m, torch.tensor(iteration, device=m.next_test.device), clock_due)
 
     def plain_iterations(self, state: AutoSwitchState) -> tuple[AbstractSolver, int]:
         m = state.modes
@@ -284,7 +284,7 @@ class AutoSwitch(AbstractSolver):
             switch = running & (streak >= self.switch_after)
             stiff, n_switches = stiff ^ switch, n_switches + switch
             streak = torch.where(switch, 0, streak)
-            # Back in explicit mode, a sample is next tested after check_every iterations; in stiff mode, never.
+            # Back in explicit mode, a sample is next tested soon (_restart_spacing); in stiff mode, never.
             now = old.clock if old.iteration is None else old.iteration
             restart = torch.where(o.stiff, now + 1 + self._restart_spacing, NEVER)
             next_test = torch.where(switch, restart, next_test)
