@@ -382,15 +382,15 @@ def _aten_ops(fn) -> int:
 
 
 def test_auto_overhead_on_a_nonstiff_problem_is_a_few_percent_of_tsit5():
-    """The stiffness test runs every check_every steps while it finds nothing, and a step needs no host
-    synchronisation then: the automatic solver runs under 2.5 % more tensor operations than Tsit5 alone (1.8 %
+    """The stiffness test runs at most every check_every steps while it finds nothing, and a step needs no host
+    synchronisation then: the automatic solver runs under 2 % more tensor operations than Tsit5 alone (1.2 %
     measured, each test with its power step; 16 % testing every step, which takes 1.19x Tsit5's time)."""
     y0 = torch.tensor([[1.0, 1.0]], dtype=F64)
     counts = {
         s: _aten_ops(lambda s=s: dxdt.solve(lotka_volterra, y0, 0.0, 5.0, solver=s, rtol=1e-8, atol=1e-8))
         for s in ("tsit5", "auto")
     }
-    assert counts["auto"] <= 1.025 * counts["tsit5"], counts
+    assert counts["auto"] <= 1.02 * counts["tsit5"], counts
 
 
 @pytest.mark.parametrize("check_every", [1, 20])
