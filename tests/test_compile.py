@@ -225,11 +225,13 @@ def test_compiled_automatic_solver_switches_as_eager_with_gradients():
 def test_compiled_plain_iterations_run_back_to_back_as_eager():
     """Without gradients, compiled Tsit5 iterations, and the automatic solver's between two scheduled stiffness
     tests, run back to back with no solver bookkeeping in between (Loop.advance_tallied): the same steps, tests
-    (f evaluations) and solution as eager, and max_steps still stops the solve after exactly that many."""
+    (f evaluations) and solution as eager, dense output included (every step recorded), and max_steps still
+    stops the solve after exactly that many."""
     y0 = torch.tensor([[1.0, 1.0], [2.0, 0.5]], dtype=F64)
     p = torch.tensor([[1.5, 1.0, 3.0, 1.0]], dtype=F64).expand(2, 4)
+    ts = torch.linspace(0.0, 20.0, 9, dtype=F64)
     for solver in ("tsit5", "auto"):
-        for max_steps in (10_000, 150):
+        for max_steps, saveat in ((10_000, ts), (150, None)):
             eager, compiled = (
                 dxdt.solve(
                     lotka_volterra,
@@ -237,6 +239,7 @@ def test_compiled_plain_iterations_run_back_to_back_as_eager():
                     0.0,
                     20.0,
                     args=p,
+                    saveat=saveat,
                     solver=solver,
                     rtol=1e-8,
                     atol=1e-8,
