@@ -12,6 +12,7 @@ with it too.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import types
 from collections.abc import Callable
@@ -266,7 +267,7 @@ class Loop:
                 state=first.state, failed=first.failed, extra_evals=first.extra_evals
             )
 
-        with torch.no_grad():
+        with _no_grad():
             # An unusable step has an infinite or NaN error ratio, which fails the test on its own.
             accept = running & ~bad if controller.accepts_every_step else running & (err <= 1.0)
             dt_next, err_prev = controller.propose(dt_try, err, err_prev, accept, solver.error_order)
@@ -292,7 +293,7 @@ class Loop:
         y = torch.where(accept_y, step.y1, y)
         f = torch.where(accept_y, step.f1, f)
 
-        with torch.no_grad():
+        with _no_grad():
             bad_streak = (bad_streak + 1) * bad
             finished = accept & ((t_new - t1) * direction >= 0 if self.step_past_t1 else t_new == t1)
         # The step that crossed t1 ends its sample at t1, at the step's interpolant (eagerly only on the
@@ -304,7 +305,7 @@ class Loop:
             )
             y = torch.where(finished.reshape(accept_y.shape), at_t1, y)
             t = torch.where(finished, t1, t)
-        with torch.no_grad():
+        with _no_grad():
             # The step no longer changes t in float64 (or fell below the user's dt_min).
             underflow = t + signed(dt_next) == t
             if self.dt_min > 0:
@@ -370,6 +371,15 @@ def _identity(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+_UNTRACKED = contextlib.nullcontext()
+
+
+def _no_grad() -> contextlib.AbstractContextManager:
+    """``torch.no_grad()``, or nothing when gradients are off already (inference mode, an outer no_grad): entering
+    and leaving one costs ~1.3 µs, and an iteration has four."""
+    return torch.no_grad() if torch.is_grad_enabled() else _UNTRACKED
+
+
 def integrate(loop: Loop, y0: torch.Tensor) -> LoopResult:
     """Integrate every sample of ``y0`` from ``loop.t0`` to ``loop.t1``."""
     carry = loop.start(y0)
@@ -405,7 +415,7 @@ def _attempt(solver: AbstractSolver, term: Term, t, dt, y, f, state, rtol, atol)
 
 def _assess(solver: AbstractSolver, step, y: torch.Tensor, rtol: torch.Tensor, atol: torch.Tensor):
     """The step's error ratio (float64 ``(B,)``) and which samples' steps are unusable (NaN/inf or failed)."""
-    with torch.no_grad():
+    with _no_grad():
         if solver.adaptive:
             # detach(): no_grad stops reverse mode only; forward-mode tangents must not reach dt either.
             err = solver.error_ratio(step, y.detach(), rtol, atol).detach().to(torch.float64)
