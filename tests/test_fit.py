@@ -131,6 +131,29 @@ def test_profile_poisson_endpoints_match_an_independent_profile(flu):
         assert 2 * (profile_nll(beta) - nll_hat) == pytest.approx(stats.chi2.ppf(0.95, 1), rel=0.04)
 
 
+def test_fit_with_profile_solves_its_first_round_in_the_final_solve(flu, scipy_reference):
+    """fit(profile=True) places the profile's first trial points from the last iterate before the requested
+    tolerance and solves them in the batch of the final solve: no more solves than the fit alone, and endpoints
+    where re-optimising gamma independently gives F(1, 12) (as for result.profile())."""
+    days, obs = flu
+    kw = dict(observe="I", population=N_FLU, screen="auto", rtol=1e-6, atol=1e-6)
+    alone = fit(SIR(), days, obs, **kw)
+    r = fit(SIR(), days, obs, profile=True, **kw)
+    assert r.problem.n_solves == alone.problem.n_solves
+    assert set(r.profile_ci) == {"beta", "gamma"} and not alone.profile_ci
+    s2 = scipy_reference["ssr"] / 12
+    threshold = stats.f.ppf(0.95, 1, 12)
+    d, o = days.numpy(), obs.numpy()
+    for beta in r.profile_ci["beta"]:
+        best = minimize_scalar(
+            lambda lg, beta=beta: float(np.sum((_scipy_sir(beta, math.exp(lg), d) - o) ** 2)),
+            bounds=(math.log(0.2), math.log(1.0)),
+            method="bounded",
+            options={"xatol": 1e-9},
+        )
+        assert (best.fun - scipy_reference["ssr"]) / s2 == pytest.approx(threshold, rel=0.02)
+
+
 def test_inverse_quadratic_interpolation_is_exact_for_a_quadratic_inverse():
     from dxdt.fit.result import _inverse_quadratic
 

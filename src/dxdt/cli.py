@@ -378,6 +378,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             atol=args.atol,
             max_iter=args.max_iter,
             level=args.level,
+            profile=not args.no_profile,  # in the batch of the fit's final solve
             callback=progress,
         )
     except ValueError as err:
@@ -388,9 +389,6 @@ def _cmd_fit(args: argparse.Namespace) -> int:
             f"the fit did not converge: {result.message}. Try --starts 8, --screen 256, --max-iter, "
             "starting values with --param, or another --noise model. Nothing was written."
         )
-    if not args.no_profile and result.cov is not None and result.problem.batchable:
-        progress.label = "profile likelihood"
-        result.profile()
     forecast = None
     if args.forecast is not None or plot_path is not None:  # the plot shows bands even without a forecast
         from .fit.observe import Incidence

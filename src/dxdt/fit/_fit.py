@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -26,7 +27,7 @@ from ._stats import normal_quantile, t_quantile
 from .noise import NoiseModel, get_noise
 from .observe import Observation, parse
 from .optimizers import OptResult, adam, lbfgs, levenberg_marquardt
-from .result import Estimate, FitResult
+from .result import Estimate, FitResult, profile_first_points
 
 __all__ = ["fit"]
 
@@ -95,6 +96,7 @@ def fit(
     lr: float = 1e-2,
     level: float = 0.95,
     covariance: bool = True,
+    profile: bool | Sequence[str] = False,
     callback: Callable[[int, float], None] | None = None,
     _replicates: Any = None,
 ) -> FitResult:
@@ -149,6 +151,10 @@ def fit(
         lr: Adam's learning rate (on the internal scale: log for positive parameters).
         level: coverage of the intervals.
         covariance: compute standard errors and intervals (Gauss–Newton/Laplace covariance).
+        profile: also profile-likelihood intervals (:meth:`FitResult.profile`) for these free parameters
+            (``True``: every free model parameter), when the fit converged, the covariance exists and the model
+            has per-sample parameters. With Levenberg–Marquardt the profile's first trial points are solved in
+            the batch of its final solve at the requested tolerance, so they cost no solve of their own.
         callback: ``callback(iteration, objective)`` after each iteration (progress display).
 
     Returns:
@@ -352,11 +358,21 @@ def fit(
     starts = starts.clone()
     problem.solve_options = fine
 
+    profiled = _profiled_names(problem, profile) if covariance and problem.batchable else []
+    planner = functools.partial(_profile_trial_rows, problem, profiled, level) if profiled else None
+
     def run(u0: torch.Tensor, start_eval=None) -> OptResult:
         if optimizer == "lm":
             with torch.inference_mode(fast):
                 out = levenberg_marquardt(
-                    problem, u0, max_iter=max_iter, ftol=ftol, levels=levels, start=start_eval, callback=callback
+                    problem,
+                    u0,
+                    max_iter=max_iter,
+                    ftol=ftol,
+                    levels=levels,
+                    start=start_eval,
+                    callback=callback,
+                    extra=planner,
                 )
             return _ordinary(out)
         if optimizer == "lbfgs":
@@ -405,7 +421,67 @@ def fit(
     best_run, best_i = flat[
         min(range(len(flat)), key=lambda j: objectives[j] if math.isfinite(objectives[j]) else math.inf)
     ]
-    return _result(model, dynamics, problem, best_run, best_i, objectives, optimizer, level, covariance, start_time)
+    result = _result(model, dynamics, problem, best_run, best_i, objectives, optimizer, level, covariance, start_time)
+    if profiled and result.cov is not None and result.converged:
+        first = None
+        if best_run.extra is not None:
+            (rows, free, names), ev, jac = best_run.extra
+            first = (rows, free, ev, jac) if names == profiled else None
+        result.profile(profiled, first_round=first)
+    return result
+
+
+def _covariance(problem: Problem, ev: Evaluation, jac: torch.Tensor | None, aux: torch.Tensor | None, level: float):
+    """At one point (a batch of one): the Gauss–Newton/Laplace covariance of the free unknowns (``None`` without
+    a Jacobian), the intervals' quantile, the dispersion and whether every direction is identifiable."""
+    noise, mask, y = problem.noise, problem.mask_flat(), problem.y_flat()
+    n_free = len(problem.free_names)
+    n_seg_unknowns = sum(1 for j in problem.free if problem.unknowns[j].kind == "segment")
+    dof = max(problem.n_obs - (n_free - n_seg_unknowns) - (1 if aux is not None else 0), 1)
+    mu = ev.mu.detach()
+    scale2 = noise.dispersion(torch.where(mask, y, 0.0), mu.flatten(1), mask, aux, dof)
+    p_q = 0.5 + level / 2
+    q = t_quantile(p_q, dof) if noise.t_intervals else normal_quantile(p_q)
+    if jac is None:
+        return None, q, scale2, True
+    _, h = problem.gradient_and_fisher(ev, jac, aux)
+    h = h[0]
+    vals, vecs = torch.linalg.eigh(0.5 * (h + h.T))
+    tiny = vals.abs().max().clamp_min(1e-300) * 1e-12
+    identifiable = bool((vals > tiny).all())
+    inv_vals = torch.where(vals > tiny, 1.0 / vals.clamp_min(1e-300), torch.inf)
+    cov = (vecs * torch.where(torch.isinf(inv_vals), 0.0, inv_vals)) @ vecs.T * scale2
+    # Directions without information get infinite variance on the unknowns they involve.
+    null = vecs[:, torch.isinf(inv_vals)]
+    if null.numel():
+        bad = null.abs().amax(1) > 1e-6
+        cov[bad, :] = torch.nan
+        cov[:, bad] = torch.nan
+        cov[bad, bad] = torch.inf
+    return cov, q, scale2, identifiable
+
+
+def _profiled_names(problem: Problem, profile: bool | Sequence[str]) -> list[str]:
+    """The parameters ``fit(profile=...)`` asks to profile (checked), in order."""
+    if profile is False or profile is None:
+        return []
+    model_free = [n for n, j in zip(problem.free_names, problem.free) if problem.unknowns[j].kind == "param"]
+    names = model_free if profile is True else list(profile)
+    for n in names:
+        if n not in problem.free_names:
+            raise ValueError(f"cannot profile {n!r}: not a free parameter (free: {', '.join(problem.free_names)})")
+    return names
+
+
+def _profile_trial_rows(problem: Problem, names: list[str], level: float, u, ev, jac, aux):
+    """Levenberg–Marquardt's ``extra`` rows for a later :meth:`FitResult.profile`: its first round's trial
+    points (:func:`profile_first_points`), placed from the current point and its covariance, with the names."""
+    cov, q, _, _ = _covariance(problem, ev, jac, aux, level)
+    if cov is None or not bool(torch.isfinite(cov).all()):
+        return None
+    cols = [problem.free_names.index(n) for n in names]
+    rows, free = profile_first_points(u, cov, q, cols)
+    return torch.stack(rows), torch.stack(free), names
 
 
 def _ordinary(opt: OptResult) -> OptResult:
@@ -543,33 +619,13 @@ def _result(
     n_seg_unknowns = sum(1 for j in problem.free if problem.unknowns[j].kind == "segment")
     n_eff = n_free - n_seg_unknowns + (1 if aux is not None else 0)
     dof = max(n_obs - (n_free - n_seg_unknowns) - (1 if aux is not None else 0), 1)
-    scale2 = noise.dispersion(torch.where(mask, y, 0.0), mu.flatten(1), mask, aux, dof)
     resid = torch.where(mask, y - mu.flatten(1), 0.0)
     ssr = float((resid * resid).sum())
     loglik = float(noise.loglik(y, mu.flatten(1), mask, aux)[0])
     n_par_ll = n_eff + (1 if noise.has_scale else 0)
     aic = 2 * n_par_ll - 2 * loglik
     bic = n_par_ll * math.log(max(n_obs, 1)) - 2 * loglik
-    p_q = 0.5 + level / 2
-    q = t_quantile(p_q, dof) if noise.t_intervals else normal_quantile(p_q)
-
-    cov = None
-    identifiable = True
-    if jac is not None:
-        _, h = problem.gradient_and_fisher(ev, jac, aux)
-        h = h[0]
-        vals, vecs = torch.linalg.eigh(0.5 * (h + h.T))
-        tiny = vals.abs().max().clamp_min(1e-300) * 1e-12
-        identifiable = bool((vals > tiny).all())
-        inv_vals = torch.where(vals > tiny, 1.0 / vals.clamp_min(1e-300), torch.inf)
-        cov = (vecs * torch.where(torch.isinf(inv_vals), 0.0, inv_vals)) @ vecs.T * scale2
-        # Directions without information get infinite variance on the unknowns they involve.
-        null = vecs[:, torch.isinf(inv_vals)]
-        if null.numel():
-            bad = null.abs().amax(1) > 1e-6
-            cov[bad, :] = torch.nan
-            cov[:, bad] = torch.nan
-            cov[bad, bad] = torch.inf
+    cov, q, scale2, identifiable = _covariance(problem, ev, jac, aux, level)
 
     # Estimates on the natural scale.
     u_all = problem.full(u)[0]

@@ -37,6 +37,8 @@ class OptResult:
         history: best objective after each iteration.
         jac: ``(B, M, P)`` Jacobian of the outputs at ``u`` (Levenberg–Marquardt), else ``None``.
         mu: ``(B, T, K)`` predictions at ``u``.
+        extra: what Levenberg–Marquardt's ``extra`` returned (its first two items the rows and free masks) and
+            what the solve gave for those rows: ``(returned, evaluation, Jacobian)``, or ``None``.
     """
 
     u: torch.Tensor
@@ -49,6 +51,7 @@ class OptResult:
     jac: torch.Tensor | None = None
     mu: torch.Tensor | None = None
     pen: torch.Tensor | None = None
+    extra: tuple | None = None
 
 
 def _fit_aux(
@@ -101,12 +104,23 @@ def gauss_newton_points(
     held), and the full Gauss–Newton step ``(B, P)`` that reaches it. Rows whose solve failed get ``inf``. The
     noise model's nuisance parameter is re-fitted at each row first."""
     ev, jac = problem.evaluate_jac(u)
+    return gauss_newton_at(problem, ev, jac, free, aux0)
+
+
+def gauss_newton_at(
+    problem: Problem, ev: Evaluation, jac: torch.Tensor, free: torch.Tensor, aux0: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gauss_newton_points` from an evaluation and Jacobian already made."""
     aux = _start_aux(problem, ev, aux0)
     f = problem.objective(ev, aux).detach()
     g, h = problem.gradient_and_fisher(Evaluation(ev.mu, ev.pen, ev.ok, ev.mu), jac, aux, None)
     decrement, step = _gauss_newton(*_free_system(g, h, free))
     minimum = torch.where(ev.ok & torch.isfinite(decrement), f - decrement, math.inf)
     return minimum, torch.where(ev.ok.unsqueeze(1), step, 0.0)
+
+
+#: ``extra(u, evaluation, jac, aux) -> (rows, free) | None``: see :func:`levenberg_marquardt`.
+ExtraRows = Callable[[torch.Tensor, Evaluation, torch.Tensor, "torch.Tensor | None"], "tuple | None"]
 
 
 def _take(aux: torch.Tensor | None, rows: torch.Tensor) -> torch.Tensor | None:
@@ -138,6 +152,7 @@ def levenberg_marquardt(
     levels: list[tuple[float, dict]] | None = None,
     start: tuple[Evaluation, torch.Tensor] | None = None,
     callback: Callback | None = None,
+    extra: ExtraRows | None = None,
 ) -> OptResult:
     """Minimise ``problem``'s objective from each row of ``u0`` ``(B, P)``.
 
@@ -154,6 +169,10 @@ def levenberg_marquardt(
             at the new level in the same batch as the trial points, so that they are compared on equal terms.
             Convergence is only declared at the last level. Default: the problem's options throughout.
         start: the evaluation and Jacobian at ``u0`` if already known, made with ``levels[0]``'s options.
+        extra: for a single row: called once, when the schedule reaches the requested options, with the current
+            point, its evaluation, Jacobian and nuisance parameter (at the previous options); the ``(R, P)`` rows
+            it returns first (then their free masks, then anything) are solved in that same batch (the profile
+            likelihood's first trial points: no solve of their own) and come back in :attr:`OptResult.extra`.
 
     Returns:
         :class:`OptResult` with the Jacobian at the solution (for the covariance).
@@ -181,6 +200,7 @@ def levenberg_marquardt(
     n_iter = 0
     eye = torch.eye(p, dtype=u.dtype)
     tighten = False
+    extra_result = None
     for it in range(max_iter):
         active = ~done
         if not bool(active.any()):
@@ -220,11 +240,21 @@ def levenberg_marquardt(
         predicted = -(g * delta).sum(1) - 0.5 * torch.einsum("bp,bpq,bq->b", delta, h, delta)
         u_try = (u[rows] + delta).detach()
         if needed > level:  # tighter solves from now on: the current points are solved again alongside
+            more = None
+            if needed == last and extra is not None and batch == 1 and problem.batchable:
+                here = Evaluation(mu[rows], pen[rows], ok[rows], mu[rows])
+                more = extra(u[rows][0], here, jac[rows], _take(aux, rows))
             level = needed
             problem.solve_options = levels[level][1]
             n = rows.numel()
             if problem.batchable:
-                ev_both, jac_both = problem.evaluate_jac(torch.cat([u[rows], u_try]))
+                ev_both, jac_both = problem.evaluate_jac(torch.cat([u[rows], u_try, *([more[0]] if more else [])]))
+                if more:
+                    k = 2 * n
+                    ev_more = Evaluation(ev_both.mu[k:], ev_both.pen[k:], ev_both.ok[k:], ev_both.out[k:])
+                    extra_result = (more, ev_more, jac_both[k:])
+                    ev_both = Evaluation(ev_both.mu[:k], ev_both.pen[:k], ev_both.ok[:k], ev_both.out[:k])
+                    jac_both = jac_both[:k]
             else:  # shared parameters (an nn.Module): one solve per unknown vector
                 pieces = [problem.evaluate_jac(v.unsqueeze(0)) for v in torch.cat([u[rows], u_try])]
                 ev_both = Evaluation(
@@ -287,7 +317,7 @@ def levenberg_marquardt(
     for r in range(batch):
         if not done[r]:
             reasons[r] = f"did not converge in max_iter={max_iter} iterations"
-    return OptResult(u, f, aux, converged, reasons, n_iter, history, jac, mu, pen)
+    return OptResult(u, f, aux, converged, reasons, n_iter, history, jac, mu, pen, extra_result)
 
 
 def _loss_closure(problem: Problem, u: torch.Tensor, aux_box: list, state: dict):

@@ -12,7 +12,7 @@ import torch
 from ._problem import Problem, coarse_options
 from ._stats import normal_quantile, t_quantile
 from .observe import Incidence
-from .optimizers import gauss_newton_points
+from .optimizers import gauss_newton_at, gauss_newton_points
 
 __all__ = ["Estimate", "FitResult", "Forecast"]
 
@@ -185,7 +185,14 @@ class FitResult:
 
     # --- profile likelihood ---
 
-    def profile(self, names: list[str] | None = None, *, tol: float = 0.02, max_rounds: int = 8) -> dict[str, tuple]:
+    def profile(
+        self,
+        names: list[str] | None = None,
+        *,
+        tol: float = 0.02,
+        max_rounds: int = 8,
+        first_round: tuple | None = None,
+    ) -> dict[str, tuple]:
         """Profile-likelihood intervals for free parameters (default: every free model parameter).
 
         For each parameter and side, a secant search on the signed root of the likelihood ratio finds where the
@@ -203,6 +210,11 @@ class FitResult:
         (Poisson, β) of the threshold. An endpoint the likelihood never reaches is reported as
         the parameter's bound (``0`` or ``inf`` for positive parameters). Needs a model with per-sample
         parameters (a mechanistic model).
+
+        ``first_round``: the first round already solved (``fit(profile=...)`` solves it in the batch of its final
+        Levenberg–Marquardt solve): ``(rows, free, evaluation, Jacobian)`` at rows placed by
+        :func:`profile_first_points` from a point near the optimum, at the fit's own solve options, which the
+        later rounds then keep.
 
         Returns:
             ``{name: (lower, upper)}``, also stored in :attr:`profile_ci`.
@@ -226,13 +238,14 @@ class FitResult:
         # The profile is located to within `tol` of the threshold, far coarser than the solver's accuracy: the
         # searches run on loose solves, against the optimum's objective at the same tolerance.
         saved = problem.solve_options
-        problem.solve_options = coarse_options(saved) or saved
+        if first_round is None:
+            problem.solve_options = coarse_options(saved) or saved
         try:
-            return self._profile(names, q, threshold, scale, tol, max_rounds, start)
+            return self._profile(names, q, threshold, scale, tol, max_rounds, start, first_round)
         finally:
             problem.solve_options = saved
 
-    def _profile(self, names, q, threshold, scale, tol, max_rounds, start):
+    def _profile(self, names, q, threshold, scale, tol, max_rounds, start, first_round=None):
         problem = self.problem
         cov, u_hat = self.cov, self.u[0]
         n_unknowns = len(self.names)
@@ -244,10 +257,7 @@ class FitResult:
         # The other unknowns at each trial point: first the linear prediction along the profile from the
         # covariance; then the nearest point's Gauss–Newton update, moved along the same prediction to the next h.
         slopes = [cov[:, j] / cov[j, j] * side for j, side in branches]
-        # The first round tries two points per branch, the Wald endpoint and one 5 % closer: with the optimum
-        # they make three, enough to interpolate the crossing (below) without a second round when the profile
-        # is that regular.
-        trials = [[0.95 * hb, hb] for hb in wald]
+        trials = [[FIRST_CLOSER * hb, hb] for hb in wald]
         starts = [[u_hat + slope * x for x in trial] for slope, trial in zip(slopes, trials)]
         pts: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in branches]
         done = [False] * nb
@@ -270,12 +280,23 @@ class FitResult:
                     rows.append(row)
                     free.append(mask)
                     owners.append((b, x))
-            if f_hat is None:  # the optimum's objective at the searches' solve options, in the same batch
+            if f_hat is None and first_round is None:  # the optimum's objective at these solve options, in the batch
                 rows.append(u_hat.clone())
                 free.append(torch.zeros(n_unknowns, dtype=torch.bool))
             # Each point's profile value: its objective minus the Gauss–Newton decrement over the other unknowns
             # (one solve per round for every branch, instead of re-optimising them to convergence).
-            minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), aux)
+            if first_round is not None:  # solved already, from a point near the optimum: h is where they are
+                rows, free, ev, jac = first_round
+                rows, free, first_round = list(rows), list(free), None
+                owners = [
+                    (b, side * float(row[j] - u_hat[j]))
+                    for (b, _), row in zip(owners, rows)
+                    for j, side in [branches[b]]
+                ]
+                minimum, step = gauss_newton_at(problem, ev, jac, torch.stack(free), aux)
+                f_hat = self.objective  # the optimum's, at the same solve options
+            else:
+                minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), aux)
             if f_hat is None:
                 f_hat = float(minimum[-1])
             evaluated: dict[int, list[tuple[float, float, int]]] = {b: [] for b in todo}
@@ -546,6 +567,30 @@ def _psd_sqrt(cov: torch.Tensor) -> torch.Tensor:
     """A square root ``L`` with ``L Lᵀ = cov`` that tolerates (near-)singular matrices."""
     vals, vecs = torch.linalg.eigh(cov)
     return vecs * vals.clamp_min(0).sqrt()
+
+
+# The profile's first round: per branch the Wald endpoint and a point this much closer (with the optimum, three
+# points: enough to interpolate the crossing without a second round when the profile is that regular).
+FIRST_CLOSER = 0.95
+
+
+def profile_first_points(u: torch.Tensor, cov: torch.Tensor, q: float, cols: list[int]):
+    """The profile's first trial points around ``u`` ``(P,)`` for the unknowns ``cols``: per unknown, per side
+    (−, +), the points :data:`FIRST_CLOSER` × and 1 × the Wald half-width ``q·se`` away, the other unknowns on
+    the covariance's linear prediction; and each row's free mask (every unknown but the profiled one)."""
+    se = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
+    rows, free = [], []
+    for j in cols:
+        mask = torch.ones(u.shape[0], dtype=torch.bool)
+        mask[j] = False
+        for side in (-1.0, 1.0):
+            slope = cov[:, j] / cov[j, j] * side
+            for x in (FIRST_CLOSER * q * float(se[j]), q * float(se[j])):
+                row = u + slope * x
+                row[j] = u[j] + side * x
+                rows.append(row)
+                free.append(mask)
+    return rows, free
 
 
 def _inverse_quadratic(points: list[tuple[float, float]], target: float) -> float | None:
