@@ -288,11 +288,11 @@ class FitResult:
             if first_round is not None:  # solved already, from a point near the optimum: h is where they are
                 rows, free, ev, jac = first_round
                 rows, free, first_round = list(rows), list(free), None
-                owners = [
-                    (b, side * float(row[j] - u_hat[j]))
-                    for (b, _), row in zip(owners, rows)
-                    for j, side in [branches[b]]
-                ]
+                owners = []
+                for row, mask in zip(rows, free):  # each row's branch: its held unknown, and the side it is on
+                    j = int((~mask).nonzero()[0])
+                    h_row = float(row[j] - u_hat[j])
+                    owners.append((branches.index((j, math.copysign(1.0, h_row))), abs(h_row)))
                 minimum, step = gauss_newton_at(problem, ev, jac, torch.stack(free), aux)
                 f_hat = self.objective  # the optimum's, at the same solve options
             else:
