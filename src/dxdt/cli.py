@@ -11,6 +11,7 @@ converge or a solve failed (with the reason). Nothing is written unless the comm
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -569,6 +570,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 # --- the parser ---------------------------------------------------------------------------------------
 
 
+@functools.cache  # built once per process: argparse's gettext lookups make a build cost ~2.5 ms
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .fit.noise import NOISE_MODELS
