@@ -485,9 +485,21 @@ def _profile_trial_rows(problem: Problem, names: list[str], level: float, u, ev,
 
 
 def _ordinary(opt: OptResult) -> OptResult:
-    """``opt`` with its tensors as ordinary tensors (inference-mode tensors refuse in-place updates and autograd)."""
+    """``opt`` with its tensors as ordinary tensors (inference-mode tensors refuse in-place updates and autograd),
+    those of its ``extra`` rows included."""
     fields = {f.name: getattr(opt, f.name) for f in dataclasses.fields(opt)}
-    return dataclasses.replace(opt, **{k: v.clone() for k, v in fields.items() if isinstance(v, torch.Tensor)})
+    return dataclasses.replace(opt, **{k: _cloned(v) for k, v in fields.items()})
+
+
+def _cloned(x: Any) -> Any:
+    """``x`` with every tensor in it (through tuples, lists and dataclasses) cloned."""
+    if isinstance(x, torch.Tensor):
+        return x.clone()
+    if isinstance(x, (tuple, list)):
+        return type(x)(_cloned(v) for v in x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _cloned(getattr(x, f.name)) for f in dataclasses.fields(x)})
+    return x
 
 
 def fit_many(model: MechanisticModel, times: Any, data: Any, **kwargs: Any) -> list[FitResult]:
