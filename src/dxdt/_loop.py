@@ -177,14 +177,8 @@ class Loop:
             return Loop.iterate(self, carry)
         solver, before = self.solver, carry.state
         stepper, state = solver.enter_graph(before)
-        # The first iteration of a training step starts from a y0 without gradient, the later ones from states
-        # that have one: two graphs, each with its own compiled copy of iterate, so that neither pays the other's
-        # failing guard check first (~3 % of a short neural-ODE training step). Likewise iterations with and
-        # without a solver state: "auto"'s untested iterations (Tsit5's, no state) would otherwise try its
-        # tested variants first (+1.3 µs per iteration); and the loop's own solver, so that those Tsit5 iterations
-        # do not share their cache with a plain Tsit5 solve's in the same process (+1.5 µs per iteration).
-        kind = (carry.y.requires_grad, carry.f.requires_grad, state is None, type(solver))
-        new, out = _compiled_iteration(kind)(self, carry if state is before else Carry(*carry[:-1], state), stepper)
+        iteration = self._compiled_iteration(carry, stateless=state is None)
+        new, out = iteration(self, carry if state is before else Carry(*carry[:-1], state), stepper)
         if out.redo is not None and bool(out.redo):  # rare: a NaN/inf step while gradients are tracked
             return Loop.iterate(self, carry)
         state = solver.leave_graph(before, new.state)
@@ -203,7 +197,7 @@ class Loop:
             carry, out = self.advance(carry)
             tally.add(out)
             return carry
-        iteration = _compiled_iteration((False, False, True, type(self.solver)))
+        iteration = self._compiled_iteration(carry, stateless=True)
         plain, done = Carry(*carry[:-1], None), 0
         while done < min(n, budget):
             plain, out = iteration(self, plain, stepper)
@@ -213,6 +207,17 @@ class Loop:
                 break
         self.known_running = (plain.status, out.any_running)
         return Carry(*plain[:-1], self.solver.after_plain_iterations(carry.state, done))
+
+    def _compiled_iteration(self, carry: Carry, stateless: bool) -> Callable:
+        """The compiled :meth:`iterate` for this kind of iteration."""
+        # The first iteration of a training step starts from a y0 without gradient, the later ones from states
+        # that have one: two graphs, each with its own compiled copy of iterate, so that neither pays the other's
+        # failing guard check first (~3 % of a short neural-ODE training step). Likewise iterations with and
+        # without a solver state: "auto"'s untested iterations (Tsit5's, no state) would otherwise try its
+        # tested variants first (+1.3 µs per iteration); and the loop's own solver, so that those Tsit5 iterations
+        # do not share their cache with a plain Tsit5 solve's in the same process (+1.5 µs per iteration).
+        kind = (carry.y.requires_grad, carry.f.requires_grad, stateless, type(self.solver))
+        return _compiled_iteration(kind)
 
     def running(self, carry: Carry) -> bool:
         """Whether any sample still runs: the one host synchronisation per iteration (read off the compiled
