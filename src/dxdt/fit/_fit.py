@@ -358,7 +358,9 @@ def fit(
     starts = starts.clone()
     problem.solve_options = fine
 
-    profiled = _profiled_names(problem, profile) if covariance and problem.batchable else []
+    profiled = []
+    if profile is not False and profile is not None and covariance and problem.batchable:
+        profiled = problem.profiled_names(None if profile is True else profile)
     planner = functools.partial(_profile_trial_rows, problem, profiled, level) if profiled else None
 
     def run(u0: torch.Tensor, start_eval=None) -> OptResult:
@@ -459,18 +461,6 @@ def _covariance(problem: Problem, ev: Evaluation, jac: torch.Tensor | None, aux:
         cov[:, bad] = torch.nan
         cov[bad, bad] = torch.inf
     return cov, q, scale2, identifiable
-
-
-def _profiled_names(problem: Problem, profile: bool | Sequence[str]) -> list[str]:
-    """The parameters ``fit(profile=...)`` asks to profile (checked), in order."""
-    if profile is False or profile is None:
-        return []
-    model_free = [n for n, j in zip(problem.free_names, problem.free) if problem.unknowns[j].kind == "param"]
-    names = model_free if profile is True else list(profile)
-    for n in names:
-        if n not in problem.free_names:
-            raise ValueError(f"cannot profile {n!r}: not a free parameter (free: {', '.join(problem.free_names)})")
-    return names
 
 
 def _profile_trial_rows(problem: Problem, names: list[str], level: float, u, ev, jac, aux):

@@ -406,6 +406,16 @@ class Problem:
     def free_names(self) -> list[str]:
         return [self.unknowns[i].name for i in self.free]
 
+    def profiled_names(self, names: Sequence[str] | None) -> list[str]:
+        """The free unknowns a profile likelihood is asked for (``None``: every free model parameter), checked."""
+        free = self.free_names
+        if names is None:
+            return [n for n, j in zip(free, self.free) if self.unknowns[j].kind == "param"]
+        for n in names:
+            if n not in free:
+                raise ValueError(f"cannot profile {n!r}: not a free parameter (free: {', '.join(free)})")
+        return list(names)
+
     @property
     def batchable(self) -> bool:
         return self.dynamics.per_sample

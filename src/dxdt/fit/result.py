@@ -225,11 +225,7 @@ class FitResult:
             raise ValueError("profile likelihood needs the covariance of the estimates (it seeds the search)")
         if not problem.batchable:
             raise ValueError("profile likelihood needs per-sample parameters (a MechanisticModel)")
-        model_free = [n for n in self.names if n in self.params]
-        names = model_free if names is None else list(names)
-        for n in names:
-            if n not in self.names:
-                raise ValueError(f"cannot profile {n!r}: not a free parameter (free: {', '.join(self.names)})")
+        names = problem.profiled_names(names)
         if not names:
             return {}
         q = self.quantile()
@@ -253,63 +249,60 @@ class FitResult:
         branches = [(j, side) for j in cols for side in (-1.0, 1.0)]
         nb = len(branches)
         se = torch.sqrt(torch.diagonal(cov)).clamp_min(1e-12)
-        wald = [q * float(se[j]) for j, _ in branches]
         # The other unknowns at each trial point: first the linear prediction along the profile from the
         # covariance; then the nearest point's Gauss–Newton update, moved along the same prediction to the next h.
         slopes = [cov[:, j] / cov[j, j] * side for j, side in branches]
-        trials = [[FIRST_CLOSER * hb, hb] for hb in wald]
-        starts = [[u_hat + slope * x for x in trial] for slope, trial in zip(slopes, trials)]
+        held = {j: torch.arange(n_unknowns) != j for j in cols}  # each branch's free mask
         pts: list[list[tuple[float, float]]] = [[(0.0, 0.0)] for _ in branches]
         done = [False] * nb
         result_h = [math.inf] * nb
+        last_h = [math.nan] * nb  # each branch's latest trial point
         target = math.sqrt(threshold)
         aux = None if self.aux is None else self.aux.reshape(-1)[:1]  # the fit's dispersion, re-fitted per point
-        f_hat = None
+        if first_round is None:
+            rows, free = profile_first_points(u_hat, cov, q, cols)
+            solved, f_hat = None, None
+        else:  # solved already, from a point near the optimum, at the fit's own solve options
+            rows, free, *solved = first_round
+            rows, free, f_hat = list(rows), list(free), self.objective
         for _ in range(max_rounds):
-            todo = [b for b in range(nb) if not done[b]]
-            if not todo:
+            if not rows:
                 break
-            rows, free, owners = [], [], []
-            for b in todo:
-                j, side = branches[b]
-                mask = torch.ones(n_unknowns, dtype=torch.bool)
-                mask[j] = False
-                for x, other in zip(trials[b], starts[b]):
-                    row = other.clone()
-                    row[j] = u_hat[j] + side * x
-                    rows.append(row)
-                    free.append(mask)
-                    owners.append((b, x))
-            if f_hat is None and first_round is None:  # the optimum's objective at these solve options, in the batch
-                rows.append(u_hat.clone())
-                free.append(torch.zeros(n_unknowns, dtype=torch.bool))
+            owners = []  # each row's branch (its held unknown, the side it is on) and its distance h
+            for row, mask in zip(rows, free):
+                j = int((~mask).nonzero()[0])
+                h_row = float(row[j] - u_hat[j])
+                owners.append((branches.index((j, math.copysign(1.0, h_row))), abs(h_row)))
             # Each point's profile value: its objective minus the Gauss–Newton decrement over the other unknowns
             # (one solve per round for every branch, instead of re-optimising them to convergence).
-            if first_round is not None:  # solved already, from a point near the optimum: h is where they are
-                rows, free, ev, jac = first_round
-                rows, free, first_round = list(rows), list(free), None
-                owners = []
-                for row, mask in zip(rows, free):  # each row's branch: its held unknown, and the side it is on
-                    j = int((~mask).nonzero()[0])
-                    h_row = float(row[j] - u_hat[j])
-                    owners.append((branches.index((j, math.copysign(1.0, h_row))), abs(h_row)))
-                minimum, step = gauss_newton_at(problem, ev, jac, torch.stack(free), aux)
-                f_hat = self.objective  # the optimum's, at the same solve options
+            if solved:
+                minimum, step = gauss_newton_at(problem, *solved, torch.stack(free), aux)
+                solved = None
+            elif f_hat is None:  # the optimum's objective at these solve options rides along in the batch
+                zero = torch.zeros(n_unknowns, dtype=torch.bool)
+                minimum, step = gauss_newton_points(
+                    problem, torch.stack([*rows, u_hat]), torch.stack([*free, zero]), aux
+                )
+                f_hat = float(minimum[-1])
             else:
                 minimum, step = gauss_newton_points(problem, torch.stack(rows), torch.stack(free), aux)
-            if f_hat is None:
-                f_hat = float(minimum[-1])
+            todo = sorted({b for b, _ in owners})
             evaluated: dict[int, list[tuple[float, float, int]]] = {b: [] for b in todo}
             for i, (b, x) in enumerate(owners):
+                last_h[b] = x
                 f_p = float(minimum[i])
                 if math.isfinite(f_p):
                     r = math.sqrt(max(2.0 * (f_p - f_hat) / scale, 0.0))
                     pts[b].append((x, r))
                     evaluated[b].append((x, r, i))
+            next_rows, next_free = [], []
             for b in todo:
+                j = branches[b][0]
                 if not evaluated[b]:  # the solve failed out there: come back halfway
-                    x = 0.5 * min(trials[b])
-                    trials[b], starts[b] = [x], [u_hat + slopes[b] * x]
+                    x = 0.5 * min(h for c, h in owners if c == b)
+                    next_rows.append(u_hat + slopes[b] * x)
+                    next_free.append(held[j])
+                    last_h[b] = x
                     continue
                 closest = min(evaluated[b], key=lambda e: abs(e[1] - target))
                 if abs(closest[1] ** 2 - threshold) <= tol * threshold:
@@ -318,7 +311,7 @@ class FitResult:
                 (h1, r1), (h2, r2) = pts[b][-2], pts[b][-1]
                 new = h2 + (target - r2) * (h2 - h1) / (r2 - r1) if r2 != r1 else 2 * h2
                 new = min(max(new, 0.25 * h2), 4.0 * h2)  # keep the secant from jumping too far either way
-                if new > 60 * float(se[branches[b][0]]) + 50:  # the profile stays flat: no finite endpoint
+                if new > 60 * float(se[j]) + 50:  # the profile stays flat: no finite endpoint
                     done[b], result_h[b] = True, math.inf
                     continue
                 # No further solve when the quadratic through the last three points (the optimum among them)
@@ -334,14 +327,19 @@ class FitResult:
                     done[b], result_h[b] = True, near
                     continue
                 x, _, i = min(evaluated[b], key=lambda e: abs(e[0] - new))
-                trials[b], starts[b] = [new], [rows[i] + step[i] + slopes[b] * (new - x)]
+                row = rows[i] + step[i] + slopes[b] * (new - x)
+                row[j] = u_hat[j] + branches[b][1] * new
+                next_rows.append(row)
+                next_free.append(held[j])
+                last_h[b] = new
+            rows, free = next_rows, next_free
         out: dict[str, tuple[float, float]] = {}
         for j, n in zip(cols, names):
             unk = problem.unknowns[problem.free[j]]
             ends = []
             for side in (-1.0, 1.0):
                 b = branches.index((j, side))
-                hb = result_h[b] if done[b] else float(trials[b][-1])
+                hb = result_h[b] if done[b] else last_h[b]
                 if math.isinf(hb):
                     lo_b, hi_b = unk.transform.bounds
                     ends.append(lo_b if side < 0 else hi_b)
