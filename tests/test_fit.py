@@ -561,6 +561,7 @@ def test_universal_sir_fits_as_well_as_the_true_model():
         (dict(params={"beta": -1.0}), "starting value of beta"),
         (dict(estimate_initial=["S"]), "remainder of the population"),
         (dict(data=[math.nan, math.nan, math.nan]), "no observations"),
+        (dict(profile=["delta"]), r"cannot profile 'delta': not a free parameter \(free: beta, gamma\)"),
     ],
 )
 def test_fit_rejects_bad_input(kwargs, match):
@@ -569,6 +570,29 @@ def test_fit_rejects_bad_input(kwargs, match):
     times, data = args.pop("times"), args.pop("data")
     with pytest.raises(ValueError, match=match):
         fit(SIR(), times, data, **args)
+
+
+def test_profile_argument_is_checked_before_any_solve(flu, monkeypatch):
+    """fit(profile=...): a name stands for a list of one; anything else that is not True, False or names, and
+    profile with fit_many, are clear errors raised before the first solve."""
+    from dxdt.fit import fit_many
+    from dxdt.fit._problem import Problem
+
+    days, obs = flu
+    kw = dict(observe="I", population=N_FLU)
+    assert set(fit(SIR(), days, obs, profile="beta", **kw).profile_ci) == {"beta"}
+
+    def no_solve(*args, **kwargs):
+        raise AssertionError("a solve ran before the check")
+
+    monkeypatch.setattr(Problem, "evaluate", no_solve)
+    monkeypatch.setattr(Problem, "evaluate_jac", no_solve)
+    with pytest.raises(TypeError, match=r"profile must be True, False or a list of parameter names; got 3"):
+        fit(SIR(), days, obs, profile=3, **kw)
+    with pytest.raises(ValueError, match="cannot profile 'delta'"):
+        fit(SIR(), days, obs, profile=["beta", "delta"], **kw)
+    with pytest.raises(ValueError, match="fit_many computes no profile likelihoods"):
+        fit_many(SIR(), days, torch.stack([obs, obs]), profile=True, **kw)
 
 
 def test_summary_and_json(flu_fit):

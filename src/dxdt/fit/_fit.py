@@ -151,10 +151,10 @@ def fit(
         lr: Adam's learning rate (on the internal scale: log for positive parameters).
         level: coverage of the intervals.
         covariance: compute standard errors and intervals (Gauss–Newton/Laplace covariance).
-        profile: also profile-likelihood intervals (:meth:`FitResult.profile`) for these free parameters
-            (``True``: every free model parameter), when the fit converged, the covariance exists and the model
-            has per-sample parameters. With Levenberg–Marquardt the profile's first trial points are solved in
-            the batch of its final solve at the requested tolerance, so they cost no solve of their own.
+        profile: also profile-likelihood intervals (:meth:`FitResult.profile`) for these free parameters (a
+            name or a list; ``True``: every free model parameter), when the fit converged, the covariance exists
+            and the model has per-sample parameters. With Levenberg–Marquardt the profile's first trial points are
+            solved in the batch of its final solve at the requested tolerance, so they cost no solve of their own.
         callback: ``callback(iteration, objective)`` after each iteration (progress display).
 
     Returns:
@@ -328,6 +328,10 @@ def fit(
             raise ValueError("fit_many uses Levenberg-Marquardt from one start, with single shooting")
         problem.set_replicates(reps)
 
+    profiled = _profiled(problem, profile, replicates=_replicates is not None)
+    if not (covariance and problem.batchable):  # documented: no profile without a covariance or per-sample params
+        profiled = []
+
     # --- starting points and optimization ---
     if max_iter is None:
         max_iter = {"lm": 100, "lbfgs": 500, "adam": 2000}[optimizer]
@@ -358,9 +362,6 @@ def fit(
     starts = starts.clone()
     problem.solve_options = fine
 
-    profiled = []
-    if profile is not False and profile is not None and covariance and problem.batchable:
-        profiled = problem.profiled_names(None if profile is True else profile)
     planner = functools.partial(_profile_trial_rows, problem, profiled, level) if profiled else None
 
     def run(u0: torch.Tensor, start_eval=None) -> OptResult:
@@ -461,6 +462,19 @@ def _covariance(problem: Problem, ev: Evaluation, jac: torch.Tensor | None, aux:
         cov[:, bad] = torch.nan
         cov[bad, bad] = torch.inf
     return cov, q, scale2, identifiable
+
+
+def _profiled(problem: Problem, profile: Any, replicates: bool) -> list[str]:
+    """The names ``fit(profile=...)`` asks to profile, checked before any solve."""
+    if profile is False:
+        return []
+    if replicates:
+        raise ValueError("fit_many computes no profile likelihoods: drop profile=, and call .profile() on a result")
+    if isinstance(profile, str):
+        profile = [profile]
+    if profile is not True and not (isinstance(profile, Sequence) and all(isinstance(n, str) for n in profile)):
+        raise TypeError(f"profile must be True, False or a list of parameter names; got {profile!r}")
+    return problem.profiled_names(None if profile is True else profile)
 
 
 def _profile_trial_rows(problem: Problem, names: list[str], level: float, u, ev, jac, aux):
